@@ -1,0 +1,48 @@
+"""A machine as plain typed data, in SI units (bytes, seconds, bytes/s, FLOP/s).
+
+YAML profiles are validated into these objects at the edge (`hardware_profiles.schema`); the core only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    memory_bytes: int
+    memory_bandwidth_Bps: float
+    """Achievable device-memory bandwidth; expert compute at small batch is bound by it."""
+    flops: float
+    """Dense fp16/bf16 tensor FLOP/s (no sparsity)."""
+    kernel_overhead_s: float
+    """Fixed cost per expert FFN call (kernel launches, synchronisation)."""
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One direction of one interconnect: a transfer of n bytes takes latency_s + n / bandwidth_Bps."""
+
+    bandwidth_Bps: float
+    latency_s: float
+    copy_engines: int = 1
+    """Transfers that may be in set-up at once; the wire itself carries one transfer at a time."""
+
+
+@dataclass(frozen=True)
+class CPUSpec:
+    name: str
+    memory_bandwidth_Bps: float
+    flops: float
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    gpu: GPUSpec
+    h2d: LinkSpec
+    """Host-to-device path that carries expert weights from their home (CPU DRAM) to the GPU."""
+    d2h: LinkSpec
+    cpu: CPUSpec
+    description: str = ""

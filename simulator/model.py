@@ -1,0 +1,49 @@
+"""The MoE model as the simulator sees it: its routed-expert shape and the sizes that set transfer and compute cost."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    """Shape of a Mixture-of-Experts model, counted in MoE layers only.
+
+    Dense layers carry no routed experts and are folded into `non_expert_params_per_layer` of the MoE layers
+    (their cost per token is small next to a missed expert; presets say where they do this).
+    Shared experts are always resident on the GPU: they are never accesses, and their parameters are part of
+    `non_expert_params_per_layer`.
+    """
+
+    name: str
+    moe_layers: int
+    experts_per_layer: int
+    top_k: int
+    shared_experts: int
+    hidden_size: int
+    expert_intermediate_size: int
+    param_bytes: float
+    """Bytes per parameter of the stored expert weights: 2 for fp16/bf16, 1 for fp8/int8, 0.5 for int4."""
+    non_expert_params_per_layer: int
+    """Parameters read by the GPU per MoE layer besides routed experts: attention, norms, router, shared experts."""
+    gated: bool = True
+    """SwiGLU-style experts have three matrices (gate, up, down); Switch/NLLB-style experts have two."""
+
+    @property
+    def expert_params(self) -> int:
+        return (3 if self.gated else 2) * self.hidden_size * self.expert_intermediate_size
+
+    @property
+    def bytes_per_expert(self) -> int:
+        return int(round(self.expert_params * self.param_bytes))
+
+    @property
+    def total_experts(self) -> int:
+        return self.moe_layers * self.experts_per_layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MoEModel":
+        return cls(**data)
