@@ -1,0 +1,337 @@
+"""The routing-trace file format: Parquet, one row per (sequence, token position, MoE layer).
+
+Columns (see README "Trace format"):
+  sequence  int32                 sequences in ascending order
+  token     int32                 position within the sequence, ascending
+  layer     int16                 MoE layer index 0..moe_layers-1 (dense layers are not numbered), ascending
+  experts   fixed_size_list<int16>[top_k]   routed expert ids in router order; -1 = no expert recorded
+  weights   fixed_size_list<float32>[top_k] optional gate weights, as the router returned them
+  token_id  int32                 optional vocabulary id of the token
+  phase     dictionary<string>    optional "prefill" or "decode"
+  pred_<name> list<int16>         optional predicted experts for this (token, layer), e.g. a learned predictor
+
+Model metadata (an `MoEModel`, the original layer numbers of the MoE layers, provenance) travels as JSON in the
+Parquet schema metadata under the key `moe_offload_sim`. Readers stream record batches, so replay memory is bounded
+by the batch size, not the trace size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import InputError
+from simulator.model import MoEModel
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"moe_offload_sim"
+PREDICTION_PREFIX = "pred_"
+PHASES = ("prefill", "decode")
+REQUIRED_COLUMNS = ("sequence", "token", "layer", "experts")
+
+
+class _ModelFields(BaseModel):
+    """Validation of the model metadata stored in a trace (mirrors `MoEModel`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    moe_layers: int = Field(gt=0)
+    experts_per_layer: int = Field(gt=0, le=32767)
+    top_k: int = Field(gt=0)
+    shared_experts: int = Field(ge=0)
+    hidden_size: int = Field(gt=0)
+    expert_intermediate_size: int = Field(gt=0)
+    param_bytes: float = Field(gt=0)
+    non_expert_params_per_layer: int = Field(ge=0)
+    gated: bool = True
+
+    @model_validator(mode="after")
+    def _top_k_fits(self):
+        if self.top_k > self.experts_per_layer:
+            raise ValueError(f"top_k={self.top_k} exceeds experts_per_layer={self.experts_per_layer}")
+        return self
+
+
+def validate_model_dict(data: dict, where: str) -> MoEModel:
+    """Check a model description and return it as an `MoEModel`; errors name `where`, the field and the value."""
+    try:
+        return MoEModel(**_ModelFields(**data).model_dump())
+    except ValidationError as err:
+        raise InputError(f"{where}: {one_line(err)}") from None
+    except TypeError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def one_line(err: ValidationError) -> str:
+    """The first pydantic error as 'field: message (got value)'."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "value"
+    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+    return f"{loc}: {e['msg']}{got}"
+
+
+@dataclass(frozen=True)
+class TraceMeta:
+    model: MoEModel
+    moe_layer_ids: list[int]
+    """Original model layer number of each MoE layer (DeepSeek-V2-Lite: 1..26, layer 0 is dense)."""
+    provenance: dict = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "model": self.model.to_dict(),
+                "moe_layer_ids": list(self.moe_layer_ids),
+                "provenance": self.provenance,
+            },
+            sort_keys=True,
+        ).encode()
+
+
+@dataclass
+class TraceChunk:
+    """A run of consecutive trace rows as numpy arrays (the unit the replay consumes)."""
+
+    sequence: np.ndarray
+    token: np.ndarray
+    layer: np.ndarray
+    experts: np.ndarray
+    """[rows, top_k] int16, -1 where no expert was recorded."""
+    weights: np.ndarray | None = None
+    token_id: np.ndarray | None = None
+    phase: np.ndarray | None = None
+    """Codes into PHASES (0 prefill, 1 decode), or None."""
+    predictions: dict[str, list[list[int]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+
+def trace_schema(meta: TraceMeta, *, weights: bool, token_id: bool, phase: bool, predictions: list[str]) -> pa.Schema:
+    k = meta.model.top_k
+    fields = [
+        pa.field("sequence", pa.int32(), nullable=False),
+        pa.field("token", pa.int32(), nullable=False),
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("experts", pa.list_(pa.int16(), k), nullable=False),
+    ]
+    if weights:
+        fields.append(pa.field("weights", pa.list_(pa.float32(), k)))
+    if token_id:
+        fields.append(pa.field("token_id", pa.int32()))
+    if phase:
+        fields.append(pa.field("phase", pa.dictionary(pa.int8(), pa.string())))
+    fields += [pa.field(PREDICTION_PREFIX + name, pa.list_(pa.int16())) for name in predictions]
+    return pa.schema(fields, metadata={METADATA_KEY: meta.to_json()})
+
+
+class TraceWriter:
+    """Writes a trace row group by row group, atomically: the file appears complete at `path` or not at all."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        meta: TraceMeta,
+        *,
+        weights: bool = False,
+        token_id: bool = False,
+        phase: bool = False,
+        predictions: list[str] = (),
+    ):
+        self.path = Path(path)
+        self.meta = meta
+        self.schema = trace_schema(meta, weights=weights, token_id=token_id, phase=phase, predictions=list(predictions))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, chunk: TraceChunk) -> None:
+        n = len(chunk)
+        k = self.meta.model.top_k
+        experts = np.ascontiguousarray(chunk.experts, dtype=np.int16).reshape(n, k)
+        cols = {
+            "sequence": pa.array(np.asarray(chunk.sequence, dtype=np.int32)),
+            "token": pa.array(np.asarray(chunk.token, dtype=np.int32)),
+            "layer": pa.array(np.asarray(chunk.layer, dtype=np.int16)),
+            "experts": pa.FixedSizeListArray.from_arrays(pa.array(experts.ravel()), k),
+        }
+        names = self.schema.names
+        if "weights" in names:
+            w = np.ascontiguousarray(chunk.weights, dtype=np.float32).reshape(n, k)
+            cols["weights"] = pa.FixedSizeListArray.from_arrays(pa.array(w.ravel()), k)
+        if "token_id" in names:
+            cols["token_id"] = pa.array(np.asarray(chunk.token_id, dtype=np.int32))
+        if "phase" in names:
+            codes = pa.array(np.asarray(chunk.phase, dtype=np.int8))
+            cols["phase"] = pa.DictionaryArray.from_arrays(codes, pa.array(PHASES))
+        for name in names:
+            if name.startswith(PREDICTION_PREFIX):
+                cols[name] = pa.array(chunk.predictions[name[len(PREDICTION_PREFIX):]], type=pa.list_(pa.int16()))
+        self._writer.write_table(pa.table(cols, schema=self.schema))
+        self.rows += n
+
+    def close(self) -> None:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class TraceFile:
+    """An open trace: metadata validated on open, rows validated as they stream by.
+
+    Raises `InputError` naming the file, field and value for anything malformed: not Parquet, truncated, missing
+    columns or metadata, expert ids out of range, rows out of order.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such trace file")
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{self.path}: not a readable Parquet trace ({_first_line(err)})") from None
+        schema = self._file.schema_arrow
+        for col in REQUIRED_COLUMNS:
+            if col not in schema.names:
+                raise InputError(f"{self.path}: required column '{col}' is missing")
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise InputError(f"{self.path}: metadata '{METADATA_KEY.decode()}' is missing (not a moe-offload-sim trace)")
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{self.path}: metadata '{METADATA_KEY.decode()}' is not JSON ({err})") from None
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{self.path}: metadata field 'format_version' is {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+        model = validate_model_dict(doc.get("model") or {}, f"{self.path}: metadata 'model'")
+        layer_ids = doc.get("moe_layer_ids") or list(range(model.moe_layers))
+        if len(layer_ids) != model.moe_layers:
+            raise InputError(f"{self.path}: metadata field 'moe_layer_ids' has {len(layer_ids)} entries, expected moe_layers={model.moe_layers}")
+        self.meta = TraceMeta(model=model, moe_layer_ids=list(layer_ids), provenance=doc.get("provenance") or {})
+        experts_type = schema.field("experts").type
+        if not (pa.types.is_fixed_size_list(experts_type) and experts_type.list_size == model.top_k):
+            raise InputError(f"{self.path}: column 'experts' has type {experts_type}, expected fixed_size_list of top_k={model.top_k} int16")
+        self.prediction_columns = [n[len(PREDICTION_PREFIX):] for n in schema.names if n.startswith(PREDICTION_PREFIX)]
+        self.has_weights = "weights" in schema.names
+        self.has_token_id = "token_id" in schema.names
+        self.has_phase = "phase" in schema.names
+
+    @property
+    def num_rows(self) -> int:
+        return self._file.metadata.num_rows
+
+    def chunks(self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False) -> Iterator[TraceChunk]:
+        """Stream the trace in row order. `extras` adds weights, token ids and phase where present."""
+        for name in predictions:
+            if name not in self.prediction_columns:
+                raise InputError(f"{self.path}: prediction column '{PREDICTION_PREFIX}{name}' is missing (has: {self.prediction_columns})")
+        columns = list(REQUIRED_COLUMNS) + [PREDICTION_PREFIX + n for n in predictions]
+        if extras:
+            columns += [c for c, present in (("weights", self.has_weights), ("token_id", self.has_token_id), ("phase", self.has_phase)) if present]
+        last = None
+        row = 0
+        try:
+            batches = self._file.iter_batches(batch_size=batch_rows, columns=columns)
+            for batch in batches:
+                chunk = self._to_chunk(batch, predictions)
+                last = self._check(chunk, row, last)
+                row += len(chunk)
+                yield chunk
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{self.path}: unreadable at row {row} ({_first_line(err)})") from None
+
+    def _to_chunk(self, batch: pa.RecordBatch, predictions) -> TraceChunk:
+        k = self.meta.model.top_k
+        get = batch.column
+        for col in REQUIRED_COLUMNS:
+            if get(col).null_count:
+                raise InputError(f"{self.path}: column '{col}' has null values")
+        experts = get("experts").flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False).reshape(-1, k)
+        chunk = TraceChunk(
+            sequence=get("sequence").to_numpy(),
+            token=get("token").to_numpy(),
+            layer=get("layer").to_numpy(),
+            experts=experts,
+            predictions={n: get(PREDICTION_PREFIX + n).to_pylist() for n in predictions},
+        )
+        names = batch.schema.names
+        if "weights" in names:
+            chunk.weights = get("weights").flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
+        if "token_id" in names:
+            chunk.token_id = get("token_id").to_numpy(zero_copy_only=False)
+        if "phase" in names:
+            phase = get("phase")
+            chunk.phase = np.array([PHASES.index(p) for p in phase.to_pylist()], dtype=np.int8)
+        return chunk
+
+    def _check(self, chunk: TraceChunk, row0: int, last):
+        """Validate one chunk; returns the (sequence, token, layer) of its last row for the next chunk's order check."""
+        model = self.meta.model
+        if len(chunk) == 0:
+            return last
+
+        def fail(field_name: str, i: int, value, why: str):
+            raise InputError(f"{self.path}: row {row0 + int(i)}: field '{field_name}' = {value} {why}")
+
+        bad = np.flatnonzero((chunk.layer < 0) | (chunk.layer >= model.moe_layers))
+        if bad.size:
+            fail("layer", bad[0], chunk.layer[bad[0]], f"is outside 0..{model.moe_layers - 1}")
+        e = chunk.experts
+        bad = np.flatnonzero(((e < -1) | (e >= model.experts_per_layer)).any(axis=1))
+        if bad.size:
+            fail("experts", bad[0], e[bad[0]].tolist(), f"has an id outside 0..{model.experts_per_layer - 1} (experts_per_layer={model.experts_per_layer})")
+        s = np.sort(e, axis=1)
+        bad = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))
+        if bad.size:
+            fail("experts", bad[0], e[bad[0]].tolist(), "repeats an expert")
+        for name, rows in chunk.predictions.items():
+            for i, ids in enumerate(rows):
+                if ids is not None and any(x < 0 or x >= model.experts_per_layer for x in ids):
+                    fail(PREDICTION_PREFIX + name, i, ids, f"has an id outside 0..{model.experts_per_layer - 1}")
+        # Rows must be strictly increasing in (sequence, token, layer), across chunk boundaries too.
+        seq = chunk.sequence.astype(np.int64)
+        tok = chunk.token.astype(np.int64)
+        lay = chunk.layer.astype(np.int64)
+        if last is not None:
+            seq = np.concatenate(([last[0]], seq))
+            tok = np.concatenate(([last[1]], tok))
+            lay = np.concatenate(([last[2]], lay))
+        ds, dt, dl = np.diff(seq), np.diff(tok), np.diff(lay)
+        ok = (ds > 0) | ((ds == 0) & ((dt > 0) | ((dt == 0) & (dl > 0))))
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            i = bad[0] + 1
+            off = 1 if last is not None else 0
+            fail("sequence/token/layer", i - off, (int(seq[i]), int(tok[i]), int(lay[i])),
+                 f"is not after the previous row {(int(seq[i - 1]), int(tok[i - 1]), int(lay[i - 1]))} (rows must be sorted)")
+        return int(chunk.sequence[-1]), int(chunk.token[-1]), int(chunk.layer[-1])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
