@@ -1,0 +1,37 @@
+"""Policies by name. Entries are "module:Class" strings, imported only when asked for (as Gymnasium registers envs).
+
+A user's policy needs no entry here: Hydra's `_target_` reaches any importable class. `register()` lets a library
+user give it a short name too.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from simulator.errors import InputError
+
+POLICIES: dict[str, str] = {
+    "lru": "policies.lru:LRUCache",
+    "lfu": "policies.lfu:LFUCache",
+    "fifo": "policies.fifo:FIFOCache",
+    "random": "policies.random_eviction:RandomCache",
+    "belady": "policies.belady:BeladyCache",
+    "static": "policies.static:StaticCache",
+}
+
+
+def register(name: str, entry_point: str) -> None:
+    """Make `entry_point` ("package.module:Class") available as `name`."""
+    POLICIES[name] = entry_point
+
+
+def policy_class(name: str) -> type:
+    """The class registered as `name`, or named by a "module:Class" / "module.Class" path."""
+    entry = POLICIES.get(name, name)
+    module_name, _, attr = entry.partition(":") if ":" in entry else entry.rpartition(".")
+    if not module_name or not attr:
+        raise InputError(f"policy: unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        raise InputError(f"policy: cannot import {entry!r} for policy {name!r} (known: {', '.join(sorted(POLICIES))})") from None
