@@ -36,16 +36,20 @@ class LFUCache(CachePolicy):
         self._min_count = 1
 
     def evict(self, protected):
-        counts = [self._min_count] if self._min_count in self._buckets else []
-        for count in counts + sorted(self._buckets):
+        for count in self._counts_ascending():
             bucket = self._buckets[count]
             for key in bucket:
                 if key not in protected:
                     del bucket[key]
+                    del self.resident[key]
                     if not bucket:
                         del self._buckets[count]
-                    del self.resident[key]
-                    if count == self._min_count and count not in self._buckets:
-                        self._min_count = min(self._buckets, default=0)
+                        if count == self._min_count:
+                            self._min_count = min(self._buckets, default=0)
                     return key
         raise RuntimeError("every resident expert is protected")
+
+    def _counts_ascending(self):
+        """The smallest count first without sorting; the rest only when protection skips all of it."""
+        yield self._min_count
+        yield from sorted(c for c in self._buckets if c != self._min_count)

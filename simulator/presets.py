@@ -61,9 +61,11 @@ def get_preset(name: str, dtype: str | None = None) -> MoEModel:
     """The preset called `name`, its expert weights stored as `dtype` (fp16 unless given)."""
     if name not in PRESETS:
         raise InputError(f"model: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
-    model = PRESETS[name]
-    if dtype is None:
-        return model
+    return PRESETS[name] if dtype is None else with_dtype(PRESETS[name], dtype)
+
+
+def with_dtype(model: MoEModel, dtype: str) -> MoEModel:
+    """`model` with its expert weights stored as `dtype` (fp16, bf16, fp8, int8, int4, mxfp4, fp32)."""
     if dtype not in DTYPE_BYTES:
         raise InputError(f"model.dtype: unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
     return replace(model, param_bytes=DTYPE_BYTES[dtype])

@@ -1,0 +1,1 @@
+"""The edge: the Hydra app `moe-sim`, its configs, sweeps, the benchmark, and result files."""

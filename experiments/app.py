@@ -1,0 +1,104 @@
+"""`moe-sim`: the Hydra app. Composes the config, validates it, runs one simulation, writes the run directory.
+
+Config groups `policy`, `model` and `hardware` are filled from the policy registry, the model presets and the
+shipped profiles (so there is one list of each); a user adds their own with `--config-dir DIR` holding
+`DIR/policy/NAME.yaml` etc. Group choices are checked before Hydra starts so a typo costs one line, not a page.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from experiments.config import RunConfig
+from experiments.results import write_run
+from experiments.run import simulate
+from hardware_profiles.schema import list_profiles
+from policies.registry import POLICIES, policy_class
+from simulator.errors import InputError
+from simulator.presets import PRESETS
+
+CONF_DIR = Path(__file__).parent / "conf"
+GROUPS = ("trace", "model", "hardware", "policy")
+
+
+def register_config_groups() -> None:
+    cs = ConfigStore.instance()
+    for name in POLICIES:
+        node = {"_target_": POLICIES[name].replace(":", ".")}
+        if "seed" in inspect.signature(policy_class(name)).parameters:
+            node["seed"] = "${seed}"
+        cs.store(group="policy", name=name, node=node)
+    cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None})
+    for name in PRESETS:
+        cs.store(group="model", name=name, node={"preset": name, "dtype": None})
+    for name in list_profiles():
+        cs.store(group="hardware", name=name, node={"profile": name})
+
+
+def known_options(group: str, config_dirs: list[Path]) -> set[str]:
+    names = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)} if group != "trace" else set()
+    for d in [CONF_DIR, *config_dirs]:
+        names |= {p.stem for p in (d / group).glob("*.yaml")}
+    return names
+
+
+def rewrite_args(argv: list[str]) -> list[str]:
+    """Check group choices (one line per mistake) and let `hardware=FILE.yaml` name a profile file."""
+    config_dirs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith(("--config-dir=", "-cd="))]
+    config_dirs += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--config-dir", "-cd")]
+    out = []
+    for arg in argv:
+        group, eq, value = arg.partition("=")
+        if eq and group in GROUPS and not value.startswith(("choice(", "range(", "glob(")):
+            if group == "hardware" and ("/" in value or value.endswith((".yaml", ".yml"))):
+                out.append(f"hardware.profile={value}")
+                continue
+            known = known_options(group, config_dirs)
+            for choice in value.split(","):
+                if choice not in known:
+                    raise InputError(f"{group}={choice}: unknown {group} (known: {', '.join(sorted(known))})")
+        out.append(arg)
+    return out
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def _run(cfg: DictConfig) -> None:
+    try:
+        run = RunConfig.from_hydra(cfg)
+        bar = tqdm(desc="replay", unit="row", disable=None if run.replay.progress else True, leave=False)
+        with bar:
+            result = simulate(run, progress=bar.update)
+    except InputError as err:
+        print(f"moe-sim: {err}", file=sys.stderr)
+        sys.exit(2)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = result.metrics.summary()
+    document = {
+        "metrics": summary,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "model": result.model.to_dict(),
+        "hardware": result.hardware.name,
+        "trace": {"path": str(result.trace.path), "provenance": result.trace.meta.provenance},
+    }
+    write_run(out_dir, document, result.metrics.layer_table())
+    timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
+    print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} capacity={run.cache.capacity} ({run.cache.scope}): "
+          f"hit rate {summary['hit_rate']:.4f}{timing} -> {out_dir}")
+
+
+def main() -> None:
+    register_config_groups()
+    try:
+        sys.argv[1:] = rewrite_args(sys.argv[1:])
+    except InputError as err:
+        print(f"moe-sim: {err}", file=sys.stderr)
+        sys.exit(2)
+    _run()

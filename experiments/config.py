@@ -1,0 +1,75 @@
+"""The run configuration, validated once at the edge; plain typed objects go inside.
+
+Hydra composes the config; `RunConfig.from_hydra` checks it and turns every mistake into one `InputError` line.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from simulator.errors import InputError
+from traces.format import one_line
+
+DEFAULT_TRACE = str(files("traces") / "data" / "default.parquet")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TraceConfig(_Strict):
+    path: str | None = None
+
+
+class ModelConfig(_Strict):
+    preset: str | None = None
+    """A preset name (simulator.presets) to use instead of the model described in the trace's metadata."""
+    dtype: str | None = None
+
+
+class HardwareConfig(_Strict):
+    profile: str
+
+
+class CacheConfig(_Strict):
+    capacity: int = Field(ge=1)
+    scope: Literal["global", "layer"] = "layer"
+    reset_per_sequence: bool = False
+
+
+class ReplayConfig(_Strict):
+    timed: bool = True
+    batch_rows: int = Field(default=65536, ge=1)
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    trace: TraceConfig
+    model: ModelConfig
+    hardware: HardwareConfig
+    policy: dict
+    cache: CacheConfig
+    replay: ReplayConfig
+    seed: int = 0
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> "RunConfig":
+        try:
+            data = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as err:  # an interpolation that does not resolve
+            raise InputError(f"config: {str(err).splitlines()[0]}") from None
+        try:
+            run = cls(**data)
+        except ValidationError as err:
+            raise InputError(f"config: {one_line(err)}") from None
+        if "_target_" not in run.policy:
+            raise InputError(f"config: policy: needs a '_target_' naming a CachePolicy class (got {run.policy!r})")
+        return run
+
+    @property
+    def trace_path(self) -> str:
+        return self.trace.path or DEFAULT_TRACE

@@ -1,0 +1,37 @@
+"""The files a run leaves in its directory, written atomically: complete under their final name, or absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METRICS_FILE = "metrics.json"
+PER_LAYER_FILE = "per_layer.parquet"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_run(out_dir: Path, document: dict, per_layer: dict[str, list]) -> None:
+    """metrics.json (sorted keys: same inputs give the same bytes) and the per-layer table; metrics.json last,
+    so its presence marks a complete run."""
+    table = pa.table(per_layer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{PER_LAYER_FILE}.", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    pq.write_table(table, tmp)
+    os.replace(tmp, out_dir / PER_LAYER_FILE)
+    atomic_write_bytes(out_dir / METRICS_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())

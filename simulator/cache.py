@@ -1,0 +1,120 @@
+"""The GPU's expert cache: policy instances arranged by scope, and the hit/miss judgement of one layer step.
+
+Scope `layer` gives every MoE layer its own policy of `capacity` slots over expert ids; scope `global` gives one
+policy of `capacity` slots over keys layer·experts_per_layer + expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from policies.base import CachePolicy
+from simulator.errors import InputError
+from simulator.model import MoEModel
+
+SCOPES = ("global", "layer")
+
+
+class ExpertCache:
+    def __init__(
+        self,
+        make_policy: Callable[[int], CachePolicy],
+        capacity: int,
+        scope: str,
+        model: MoEModel,
+        *,
+        reset_per_sequence: bool = False,
+    ):
+        if scope not in SCOPES:
+            raise InputError(f"cache.scope: unknown scope {scope!r} (known: {', '.join(SCOPES)})")
+        limit = model.experts_per_layer if scope == "layer" else model.total_experts
+        if not model.top_k <= capacity <= limit:
+            what = "experts per layer" if scope == "layer" else "experts in the model"
+            raise InputError(
+                f"cache.capacity: {capacity} is outside {model.top_k}..{limit} for scope {scope!r} "
+                f"(a layer step needs its top_k={model.top_k} experts resident; the model has {limit} {what})"
+            )
+        self.model = model
+        self.scope = scope
+        self.capacity = capacity
+        self.reset_per_sequence = reset_per_sequence
+        self._make_policy = make_policy
+        self._futures: list[tuple[np.ndarray, np.ndarray]] | None = None  # per policy: (keys, their sequence ids)
+        self._empty()
+
+    def _empty(self) -> None:
+        layers, experts = self.model.moe_layers, self.model.experts_per_layer
+        if self.scope == "layer":
+            self.policies = [self._make_policy(self.capacity) for _ in range(layers)]
+            self.offsets = [0] * layers
+        else:
+            self.policies = [self._make_policy(self.capacity)] * layers
+            self.offsets = [layer * experts for layer in range(layers)]
+
+    @property
+    def offline(self) -> bool:
+        return self.policies[0].offline
+
+    def prepare(self, sequences: np.ndarray, layers: np.ndarray, experts: np.ndarray) -> None:
+        """Give offline policies the key stream each policy instance will see, from all rows in replay order.
+
+        With a reset per sequence, each fresh instance is later given only its own sequence's keys.
+        """
+        experts = np.asarray(experts, dtype=np.int64)
+        layers = np.asarray(layers, dtype=np.int64)
+        sequences = np.broadcast_to(np.asarray(sequences, dtype=np.int64)[:, None], experts.shape)
+        valid = experts >= 0
+        if self.scope == "layer":
+            futures = []
+            for layer in range(self.model.moe_layers):
+                rows = layers == layer
+                keep = valid[rows]
+                futures.append((experts[rows][keep], sequences[rows][keep]))
+        else:
+            keys = experts + (layers * self.model.experts_per_layer)[:, None]
+            futures = [(keys[valid], sequences[valid])]
+        self._futures = futures
+        if not self.reset_per_sequence:
+            for policy, (keys, _) in zip(self._instances(), futures):
+                policy.prepare(keys, self.model.top_k)
+
+    def start_sequence(self, sequence: int, first: bool) -> None:
+        """Called by the replay as each sequence begins: empties the cache if it resets per sequence."""
+        if not self.reset_per_sequence:
+            return
+        if not first:
+            self._empty()
+        if self.offline:
+            if self._futures is None:
+                raise RuntimeError("offline policy used before ExpertCache.prepare()")
+            for policy, (keys, seqs) in zip(self._instances(), self._futures):
+                lo, hi = np.searchsorted(seqs, [sequence, sequence + 1])
+                policy.prepare(keys[lo:hi], self.model.top_k)
+
+    def _instances(self) -> list[CachePolicy]:
+        return self.policies if self.scope == "layer" else self.policies[:1]
+
+    def resident_count(self) -> int:
+        return sum(len(p) for p in self._instances())
+
+    def access(self, layer: int, experts: list[int]) -> list[int]:
+        """Judge one layer step's experts (router order, no -1) and load the misses; returns the missed expert ids.
+
+        Every expert is one access: a hit if resident before this step, else a miss that is admitted now. Keys are
+        handled in router order; admissions never evict a key of this step, so judging as we go equals judging all
+        first.
+        """
+        policy = self.policies[layer]
+        offset = self.offsets[layer]
+        keys = [offset + e for e in experts] if offset else experts
+        resident = policy.resident
+        misses = []
+        for key in keys:
+            if key in resident:
+                policy.hit(key)
+            else:
+                policy.admit(key, keys)
+                misses.append(key - offset)
+        return misses

@@ -1,0 +1,77 @@
+"""What a replay measured: counters for the whole run and per MoE layer. Definitions are in the README."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerCounters:
+    accesses: list[int]
+    hits: list[int]
+    stall_s: list[float]
+    bytes_h2d: list[int]
+
+    @classmethod
+    def zeros(cls, layers: int) -> "LayerCounters":
+        return cls([0] * layers, [0] * layers, [0.0] * layers, [0] * layers)
+
+
+@dataclass
+class Metrics:
+    accesses: int = 0
+    hits: int = 0
+    tokens: int = 0
+    sequences: int = 0
+    layer_steps: int = 0
+    compute_time_s: float = 0.0
+    stall_time_s: float = 0.0
+    total_time_s: float = 0.0
+    bytes_h2d: int = 0
+    transfers_h2d: int = 0
+    h2d_busy_s: float = 0.0
+    timed: bool = False
+    per_layer: LayerCounters = field(default_factory=lambda: LayerCounters.zeros(0))
+
+    @property
+    def misses(self) -> int:
+        return self.accesses - self.hits
+
+    def summary(self) -> dict:
+        """The run-level figures, as written to metrics.json (times are null in a hit-rate-only replay)."""
+        timed = self.timed
+
+        def t(value):
+            return value if timed else None
+
+        return {
+            "accesses": self.accesses,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / self.accesses if self.accesses else 0.0,
+            "tokens": self.tokens,
+            "sequences": self.sequences,
+            "layer_steps": self.layer_steps,
+            "total_time_s": t(self.total_time_s),
+            "compute_time_s": t(self.compute_time_s),
+            "stall_time_s": t(self.stall_time_s),
+            "stall_fraction": t(self.stall_time_s / self.total_time_s if self.total_time_s else 0.0),
+            "time_per_token_s": t(self.total_time_s / self.tokens if self.tokens else 0.0),
+            "bytes_h2d": self.bytes_h2d,
+            "transfers_h2d": self.transfers_h2d,
+            "h2d_busy_s": t(self.h2d_busy_s),
+            "h2d_utilisation": t(self.h2d_busy_s / self.total_time_s if self.total_time_s else 0.0),
+        }
+
+    def layer_table(self) -> dict[str, list]:
+        """Per-layer columns (a dict of equal-length lists, ready for a DataFrame)."""
+        p = self.per_layer
+        return {
+            "layer": list(range(len(p.accesses))),
+            "accesses": p.accesses,
+            "hits": p.hits,
+            "misses": [a - h for a, h in zip(p.accesses, p.hits)],
+            "hit_rate": [h / a if a else 0.0 for a, h in zip(p.accesses, p.hits)],
+            "stall_time_s": p.stall_s if self.timed else [None] * len(p.accesses),
+            "bytes_h2d": p.bytes_h2d,
+        }
