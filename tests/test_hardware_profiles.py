@@ -1,0 +1,138 @@
+"""Hardware profiles: every shipped YAML loads, and every kind of bad file fails with one line naming file and field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from hardware_profiles import list_profiles, load_profile
+from hardware_profiles.schema import PROFILE_DIR
+from simulator.errors import InputError
+from simulator.hardware import HardwareProfile
+
+EXPECTED = {"rtx4090_pcie4", "rtx3090_pcie4", "a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_shipped_profile_loads(name):
+    profile = load_profile(name)
+    assert isinstance(profile, HardwareProfile)
+    assert profile.name == name
+    assert profile.description
+    for section in (profile.gpu, profile.h2d, profile.d2h, profile.cpu):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if not isinstance(value, str):
+                assert value >= 0, f"{name}: {f.name}"
+
+
+def test_every_shipped_number_has_its_own_citation():
+    for name in list_profiles():
+        doc = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+        for section in ("gpu", "h2d", "d2h", "cpu"):
+            numbers = {k for k in doc[section] if k not in ("name", "source", "sources")}
+            assert numbers <= set(doc[section]["sources"]), f"{name}.{section}"
+
+
+def test_expected_profiles_are_shipped():
+    assert EXPECTED <= set(list_profiles())
+
+
+def test_load_by_path_equals_load_by_name(tmp_path):
+    path = PROFILE_DIR / "rtx4090_pcie4.yaml"
+    assert load_profile(str(path)) == load_profile("rtx4090_pcie4")
+    copy = tmp_path / "mine.yml"
+    copy.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_profile(str(copy)) == load_profile("rtx4090_pcie4")
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    """PyYAML alone reads `25e9` as a string; profiles are full of such numbers."""
+    text = (PROFILE_DIR / "rtx4090_pcie4.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "plain_exponents.yaml"
+    path.write_text(text.replace("25.6e+9", "25e9").replace("memory_bytes: 25_769_803_776", "memory_bytes: 24e9"))
+    profile = load_profile(str(path))
+    assert (profile.h2d.bandwidth_Bps, profile.gpu.memory_bytes) == (25e9, 24_000_000_000)
+
+
+def _write(tmp_path, mutate, name="bad.yaml"):
+    doc = yaml.safe_load((PROFILE_DIR / "rtx4090_pcie4.yaml").read_text(encoding="utf-8"))
+    mutate(doc)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _error(path) -> str:
+    with pytest.raises(InputError) as info:
+        load_profile(str(path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    return message
+
+
+def test_negative_bandwidth(tmp_path):
+    path = _write(tmp_path, lambda d: d["h2d"].update(bandwidth_Bps=-5.0))
+    assert _error(path) == f"{path}: h2d.bandwidth_Bps: Input should be greater than 0 (got -5.0)"
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["d2h"].update(copy_engines=0), "d2h.copy_engines: Input should be greater than or equal to 1 (got 0)"),
+        (lambda d: d["h2d"].update(latency_s=-1e-6), "h2d.latency_s: Input should be greater than or equal to 0"),
+        (lambda d: d["gpu"].update(memory_bytes=0), "gpu.memory_bytes: Input should be greater than 0 (got 0)"),
+        (lambda d: d["gpu"].update(flops=".nan"), "gpu.flops:"),
+        (lambda d: d["h2d"].update(copy_engines=True), "h2d.copy_engines: expected a number, got a boolean (got True)"),
+        (lambda d: d["gpu"].update(hbm_stacks=5), "gpu.hbm_stacks: Extra inputs are not permitted (got 5)"),
+        (lambda d: d.update(vendor="NVIDIA"), "vendor: Extra inputs are not permitted"),
+        (lambda d: d["cpu"].pop("flops"), "cpu.flops: Field required"),
+        (lambda d: d.pop("d2h"), "d2h: Field required"),
+        (lambda d: d["cpu"]["sources"].pop("flops"), "cpu: no source for ['flops']"),
+        (lambda d: d["gpu"]["sources"].update(tdp_W="spec"), "gpu.sources: cites unknown field(s) ['tdp_W']"),
+    ],
+)
+def test_bad_field_names_file_field_and_value(tmp_path, mutate, expected):
+    path = _write(tmp_path, mutate)
+    assert expected in _error(path)
+
+
+def test_one_section_source_covers_all_its_numbers(tmp_path):
+    path = _write(tmp_path, lambda d: d["cpu"].update(sources={}, source="Assumption: a made-up host."))
+    assert load_profile(str(path)).cpu.flops == load_profile("rtx4090_pcie4").cpu.flops
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("gpu: [unclosed\n", "not valid YAML"),
+        ("gpu:\n  name: x\n\tflops: 1\n", "not valid YAML"),
+        ("just some text\n", "expected a mapping of profile fields at the top level, got str"),
+        ("", "got NoneType"),
+    ],
+)
+def test_not_a_yaml_profile(tmp_path, content, expected):
+    path = tmp_path / "notes.yaml"
+    path.write_text(content)
+    assert expected in _error(path)
+
+
+def test_binary_file(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    assert "unreadable" in _error(path)
+
+
+def test_missing_file(tmp_path):
+    assert "no such profile file" in _error(tmp_path / "absent.yaml")
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(InputError) as info:
+        load_profile("rtx5090")
+    message = str(info.value)
+    assert "\n" not in message and "rtx5090" in message
+    assert all(name in message for name in list_profiles())
