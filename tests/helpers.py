@@ -1,0 +1,22 @@
+"""Small builders shared by tests: a toy model and trace chunks from plain lists."""
+
+import numpy as np
+
+from simulator.model import MoEModel
+from traces.format import TraceChunk
+
+
+def toy_model(layers=1, experts=4, top_k=2, hidden=2, ffn=2, param_bytes=2.0) -> MoEModel:
+    """bytes_per_expert = 3·hidden·ffn·param_bytes (24 bytes with the defaults)."""
+    return MoEModel("toy", layers, experts, top_k, 0, hidden, ffn, param_bytes, 0)
+
+
+def chunk(rows) -> TraceChunk:
+    """rows: (sequence, token, layer, [expert ids]) in trace order."""
+    seq, tok, lay, ex = zip(*rows)
+    return TraceChunk(
+        sequence=np.array(seq, dtype=np.int32),
+        token=np.array(tok, dtype=np.int32),
+        layer=np.array(lay, dtype=np.int16),
+        experts=np.array(ex, dtype=np.int16),
+    )
