@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulator.errors import InputError
-from traces.format import one_line
+from simulator.errors import one_line
 
 DEFAULT_TRACE = str(files("traces") / "data" / "default.parquet")
 

@@ -20,6 +20,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,5 +34,6 @@ def write_run(out_dir: Path, document: dict, per_layer: dict[str, list]) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{PER_LAYER_FILE}.", suffix=".tmp", dir=out_dir)
     os.close(fd)
     pq.write_table(table, tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out_dir / PER_LAYER_FILE)
     atomic_write_bytes(out_dir / METRICS_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())

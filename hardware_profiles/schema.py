@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from simulator.errors import InputError
 from simulator.hardware import CPUSpec, GPUSpec, HardwareProfile, LinkSpec
-from traces.format import one_line
+from simulator.errors import one_line
 
 PROFILE_DIR = Path(__file__).parent
 """Where the shipped profiles live: a bare name `x` means `PROFILE_DIR / "x.yaml"`."""

@@ -7,3 +7,11 @@ file, the field and the value; the command-line entry points print it as one lin
 
 class InputError(ValueError):
     """Bad input from the user: a message fit to print as one line, no traceback."""
+
+
+def one_line(err) -> str:
+    """The first error of a pydantic ValidationError as 'field: message (got value)'."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "value"
+    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+    return f"{loc}: {e['msg']}{got}"

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simulator.errors import InputError
+from simulator.errors import InputError, one_line
 from simulator.model import MoEModel
 
 FORMAT_VERSION = 1
@@ -69,14 +69,6 @@ def validate_model_dict(data: dict, where: str) -> MoEModel:
         raise InputError(f"{where}: {one_line(err)}") from None
     except TypeError as err:
         raise InputError(f"{where}: {err}") from None
-
-
-def one_line(err: ValidationError) -> str:
-    """The first pydantic error as 'field: message (got value)'."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "value"
-    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-    return f"{loc}: {e['msg']}{got}"
 
 
 @dataclass(frozen=True)
@@ -184,6 +176,7 @@ class TraceWriter:
 
     def close(self) -> None:
         self._writer.close()
+        os.chmod(self._tmp, 0o644)  # mkstemp makes files private; traces are for sharing
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
