@@ -11,8 +11,7 @@ from typing import Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simulator.errors import InputError
-from simulator.errors import one_line
+from simulator.errors import InputError, one_line
 
 DEFAULT_TRACE = str(files("traces") / "data" / "default.parquet")
 

@@ -16,9 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from simulator.errors import InputError
+from simulator.errors import InputError, one_line
 from simulator.hardware import CPUSpec, GPUSpec, HardwareProfile, LinkSpec
-from simulator.errors import one_line
 
 PROFILE_DIR = Path(__file__).parent
 """Where the shipped profiles live: a bare name `x` means `PROFILE_DIR / "x.yaml"`."""
