@@ -75,7 +75,7 @@ def _run(cfg: DictConfig) -> None:
         run = RunConfig.from_hydra(cfg)
         bar = tqdm(desc="replay", unit="row", disable=None if run.replay.progress else True, leave=False)
         with bar:
-            result = simulate(run, progress=bar.update)
+            result = simulate(run, progress=bar)
     except InputError as err:
         print(f"moe-sim: {err}", file=sys.stderr)
         sys.exit(2)

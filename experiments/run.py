@@ -63,7 +63,9 @@ def policy_factory(spec: dict, seed: int) -> Callable[[int], CachePolicy]:
     return functools.partial(cls, **params)
 
 
-def simulate(run: RunConfig, progress: Callable[[int], None] | None = None) -> RunResult:
+def simulate(run: RunConfig, progress=None) -> RunResult:
+    """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
+    `update(rows)` is called as the replay goes."""
     trace = TraceFile(run.trace_path)
     model = resolve_model(trace, run)
     hardware = load_profile(run.hardware.profile)
@@ -84,5 +86,7 @@ def simulate(run: RunConfig, progress: Callable[[int], None] | None = None) -> R
             np.concatenate([c.experts for c in chunks]),
         )
     timing = Timing(step_costs(model, hardware.gpu), hardware.h2d) if run.replay.timed else None
-    metrics = replay(chunks, cache, timing, progress=progress)
+    if progress is not None:
+        progress.total = trace.num_rows
+    metrics = replay(chunks, cache, timing, progress=progress.update if progress is not None else None)
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)

@@ -1,0 +1,353 @@
+"""How many expert accesses per second the replay simulates, next to a naive SimPy model and libCacheSim.
+
+Why: ARCHITECTURE.md ("Event economy") designs the replay so that a hit creates no event and a layer step yields at
+most one timeout. This script measures what that buys, in one run on one seeded synthetic trace:
+
+  replay timed / hit-rate only, per-layer and global LRU   the four code paths of `simulator.replay`
+  naive SimPy                                              a process per access, a Resource request per transfer
+  libCacheSim LRU                                          a C cache simulator on the same key stream
+
+It only measures and prints (no assertions on speed). Usage:
+    python -m experiments.benchmark [--accesses N] [--naive-accesses N] [--repeats R] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import resource
+import tempfile
+import time
+import tracemalloc
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import simpy
+
+from policies.registry import policy_class
+from simulator.cache import ExpertCache
+from simulator.compute import step_costs
+from simulator.hardware import GPUSpec, LinkSpec
+from simulator.metrics import Metrics
+from simulator.presets import get_preset
+from simulator.replay import Timing, replay
+from traces.format import TraceChunk
+
+MODEL = get_preset("deepseek-v2-lite")
+# H100 SXM datasheet numbers (as in hardware_profiles/h100_pcie5.yaml), written here so that the benchmark depends on
+# no profile file; the speed of the replay does not depend on them.
+GPU = GPUSpec("h100-sxm", 80 * 2**30, memory_bandwidth_Bps=3.35e12, flops=989e12, kernel_overhead_s=15e-6)
+H2D = LinkSpec(bandwidth_Bps=25e9, latency_s=15e-6)
+TIMING = Timing(step_costs(MODEL, GPU), H2D)
+LAYER_CAPACITY = 16
+GLOBAL_CAPACITY = LAYER_CAPACITY * MODEL.moe_layers
+CHUNK_ROWS = 1 << 16
+TOKENS_PER_SEQUENCE = 256
+
+
+def synthetic_trace(accesses: int, seed: int = 0, zipf_s: float = 1.0) -> TraceChunk:
+    """At least `accesses` accesses of whole tokens, DeepSeek-V2-Lite shaped, as one TraceChunk (rows in order).
+
+    Each layer has its own Zipf(`zipf_s`) popularity over a shuffled expert order; a layer step draws top_k distinct
+    experts from it (Gumbel top-k), in descending score as a router would list them. No temporal correlation.
+    """
+    layers, experts, k = MODEL.moe_layers, MODEL.experts_per_layer, MODEL.top_k
+    rng = np.random.default_rng(seed)
+    tokens = math.ceil(accesses / (layers * k))
+    rows = tokens * layers
+    popularity = 1.0 / np.arange(1, experts + 1) ** zipf_s
+    log_p = np.log(np.stack([rng.permutation(popularity / popularity.sum()) for _ in range(layers)]))
+    layer = np.tile(np.arange(layers, dtype=np.int16), tokens)
+    routed = np.empty((rows, k), dtype=np.int16)
+    for lo in range(0, rows, CHUNK_ROWS):
+        hi = min(lo + CHUNK_ROWS, rows)
+        scores = log_p[layer[lo:hi]] + rng.gumbel(size=(hi - lo, experts))
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        routed[lo:hi] = np.take_along_axis(top, order, axis=1)
+    token_index = np.arange(rows) // layers
+    return TraceChunk(
+        sequence=(token_index // TOKENS_PER_SEQUENCE).astype(np.int32),
+        token=(token_index % TOKENS_PER_SEQUENCE).astype(np.int32),
+        layer=layer,
+        experts=routed,
+    )
+
+
+def head(trace: TraceChunk, accesses: int) -> TraceChunk:
+    """The rows that hold the first `accesses` accesses (rounded up to a whole layer step)."""
+    rows = math.ceil(accesses / MODEL.top_k)
+    return TraceChunk(trace.sequence[:rows], trace.token[:rows], trace.layer[:rows], trace.experts[:rows])
+
+
+def chunks(trace: TraceChunk) -> Iterator[TraceChunk]:
+    """The trace as the replay gets it from a file: views of CHUNK_ROWS rows."""
+    for lo in range(0, len(trace), CHUNK_ROWS):
+        hi = lo + CHUNK_ROWS
+        yield TraceChunk(trace.sequence[lo:hi], trace.token[lo:hi], trace.layer[lo:hi], trace.experts[lo:hi])
+
+
+def run_replay(trace: TraceChunk, scope: str, timed: bool) -> Metrics:
+    """Our replay with LRU: per-layer at LAYER_CAPACITY or global at GLOBAL_CAPACITY slots."""
+    capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
+    cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
+    return replay(chunks(trace), cache, TIMING if timed else None)
+
+
+@dataclass
+class NaiveResult:
+    accesses: int
+    hits: int
+    total_time_s: float
+
+
+def run_naive_simpy(trace: TraceChunk) -> NaiveResult:
+    """The model ARCHITECTURE.md warns against: one SimPy process per access, a simpy.Resource request per transfer.
+
+    Its accounting is the timed replay's (per-layer OrderedDict LRU that never evicts an expert of the current step;
+    misses cross the link in router order; the GPU computes the hits, then each miss as it arrives), so its hits
+    and simulated time must equal the replay's: only the event machinery differs.
+    """
+    env = simpy.Environment()
+    link = simpy.Resource(env, capacity=1)
+    costs = TIMING.costs
+    transfer_s = H2D.latency_s + MODEL.bytes_per_expert / H2D.bandwidth_Bps
+    lrus = [OrderedDict() for _ in range(MODEL.moe_layers)]
+    gpu_free = 0.0
+    hits = accesses = 0
+
+    def access(missed: bool):
+        nonlocal gpu_free
+        if missed:
+            with link.request() as request:
+                yield request
+                yield env.timeout(transfer_s)
+        gpu_free = max(env.now, gpu_free) + costs.expert_s  # the GPU computes one expert at a time
+        yield env.timeout(gpu_free - env.now)
+
+    def layer_steps():
+        nonlocal hits, accesses
+        for layer, experts in zip(trace.layer.tolist(), trace.experts.tolist()):
+            yield env.timeout(costs.non_expert_s)
+            lru = lrus[layer]
+            processes = []
+            for expert in experts:
+                missed = expert not in lru
+                if missed:
+                    if len(lru) >= LAYER_CAPACITY:
+                        del lru[next(e for e in lru if e not in experts)]
+                    lru[expert] = None
+                else:
+                    lru.move_to_end(expert)
+                    hits += 1
+                processes.append(env.process(access(missed)))
+            accesses += len(experts)
+            yield env.all_of(processes)
+
+    env.process(layer_steps())
+    env.run()
+    return NaiveResult(accesses, hits, env.now)
+
+
+ORACLE_GENERAL = np.dtype([("time", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")])
+
+
+def write_oracle_general(trace: TraceChunk, path: str) -> None:
+    """libCacheSim's oracleGeneral binary trace of the keys layer·experts_per_layer + expert, one request per access.
+
+    time is the layer-step index; next_access_vtime is the request index of the key's next access, -1 if none.
+    """
+    keys = (trace.layer.astype(np.int64)[:, None] * MODEL.experts_per_layer + trace.experts).ravel()
+    n = len(keys)
+    following = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    same = keys[order[1:]] == keys[order[:-1]]
+    following[order[:-1][same]] = order[1:][same]
+    records = np.empty(n, dtype=ORACLE_GENERAL)
+    records["time"] = np.arange(n) // MODEL.top_k
+    records["obj_id"] = keys
+    records["obj_size"] = 1
+    records["next_access_vtime"] = following
+    records.tofile(path)
+
+
+def run_libcachesim_lru(path: str, capacity: int = GLOBAL_CAPACITY) -> tuple[int, int]:
+    """(requests, hits) of libCacheSim's LRU over an oracleGeneral file; size-1 objects, so capacity is in slots.
+
+    libCacheSim has one cache over all keys, so this compares with our global scope. Its LRU may evict a key of the
+    current layer step that is still to come in router order; ours protects it, so hit counts can differ slightly.
+    """
+    import libcachesim as lcs
+
+    reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)
+    miss_ratio, _ = lcs.LRU(capacity).process_trace(reader)
+    requests = reader.get_num_of_req()
+    return requests, round(requests * (1.0 - miss_ratio))
+
+
+@dataclass
+class Row:
+    case: str
+    accesses: int
+    runs: int
+    wall_s: float
+    """Best of `runs`."""
+    accesses_per_s: float
+    traced_peak_mib: float
+    """tracemalloc peak of one extra, untimed run: Python allocations live at once, the trace itself excluded."""
+    hit_rate: float
+    note: str = ""
+
+
+def measure(
+    case: str, fn: Callable[[], object], accesses: int, hits: Callable[[object], int], runs: int, note: str = ""
+) -> tuple[Row, object]:
+    """Time `fn` best of `runs` with perf_counter, then once more under tracemalloc (slow, so never timed)."""
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row = Row(case, accesses, runs, best, accesses / best, peak / 2**20, hits(result) / accesses, note)
+    return row, result
+
+
+def hits_of(result: Metrics | NaiveResult) -> int:
+    return result.hits
+
+
+def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=print) -> dict:
+    """Run every case on one trace; returns rows, the like-for-like checks and the setting, for the table and JSON."""
+    trace = synthetic_trace(accesses, seed)
+    n = int((trace.experts >= 0).sum())
+    log(f"trace: {n:,} accesses ({len(trace):,} layer steps, {MODEL.name} shape, Zipf 1.0 per layer, seed {seed})")
+    rows, checks = [], {}
+    for scope in ("layer", "global"):
+        capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
+        for timed in (True, False):
+            name = f"replay {'timed' if timed else 'hit-rate only'}, {scope} LRU {capacity}"
+            row, metrics = measure(name, functools.partial(run_replay, trace, scope, timed), n, hits_of, runs)
+            rows.append(row)
+            log(f"  {name}: {row.wall_s:.2f} s")
+            if scope == "global" and not timed:
+                global_hits = metrics.hits
+
+    prefix = head(trace, naive_accesses)
+    reference = run_replay(prefix, "layer", timed=True)
+    row, naive = measure("naive SimPy, layer LRU 16 (prefix)", functools.partial(run_naive_simpy, prefix),
+                         reference.accesses, hits_of, 1, note=f"first {reference.accesses:,} accesses")
+    rows.append(row)
+    checks["naive_vs_replay"] = {
+        "accesses": naive.accesses,
+        "naive_hits": naive.hits,
+        "replay_hits": reference.hits,
+        "hits_equal": naive.hits == reference.hits,
+        "naive_time_s": naive.total_time_s,
+        "replay_time_s": reference.total_time_s,
+        "time_equal": math.isclose(naive.total_time_s, reference.total_time_s, rel_tol=1e-9),
+    }
+    log(f"  naive SimPy: {row.wall_s:.2f} s")
+
+    try:
+        import libcachesim  # noqa: F401
+    except ImportError as err:
+        checks["libcachesim"] = {"skipped": f"libcachesim not importable ({err})"}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "keys.oracleGeneral.bin")
+            start = time.perf_counter()
+            write_oracle_general(trace, path)
+            write_s = time.perf_counter() - start
+            name = f"libCacheSim LRU {GLOBAL_CAPACITY} (global)"
+            lru = functools.partial(run_libcachesim_lru, path)
+            note = f"+{write_s:.2f} s to write the file"
+            row, (requests, hits) = measure(name, lru, n, lambda r: r[1], runs, note)
+        rows.append(row)
+        checks["libcachesim"] = {
+            "requests": requests,
+            "libcachesim_hits": hits,
+            "replay_global_hits": global_hits,
+            "libcachesim_hit_rate": hits / requests,
+            "replay_global_hit_rate": global_hits / n,
+        }
+    return {
+        "rows": [asdict(r) for r in rows],
+        "checks": checks,
+        "setting": {
+            "accesses": n,
+            "seed": seed,
+            "model": MODEL.name,
+            "gpu": asdict(GPU),
+            "h2d": asdict(H2D),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+    }
+
+
+def format_report(result: dict) -> str:
+    header = (
+        f"{'case':<40} {'accesses':>10} {'runs':>4} {'wall s':>8} {'accesses/s':>12} {'traced MiB':>10} "
+        f"{'hit rate':>8}  note"
+    )
+    lines = [header, "-" * len(header)]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['case']:<40} {r['accesses']:>10,} {r['runs']:>4} {r['wall_s']:>8.3f} {r['accesses_per_s']:>12,.0f} "
+            f"{r['traced_peak_mib']:>10.1f} {r['hit_rate']:>8.4f}  {r['note']}"
+        )
+    c = result["checks"]["naive_vs_replay"]
+    lines.append("")
+    lines.append(
+        f"naive SimPy vs replay on the same {c['accesses']:,} accesses: hits {c['naive_hits']:,} vs "
+        f"{c['replay_hits']:,} ({'equal' if c['hits_equal'] else 'DIFFERENT'}), "
+        f"simulated time {c['naive_time_s']:.6f} s vs {c['replay_time_s']:.6f} s "
+        f"({'equal' if c['time_equal'] else 'DIFFERENT'})"
+    )
+    lcs = result["checks"]["libcachesim"]
+    if "skipped" in lcs:
+        lines.append(f"libCacheSim: skipped, {lcs['skipped']}")
+    else:
+        lines.append(
+            f"global LRU {GLOBAL_CAPACITY} slots on keys layer*{MODEL.experts_per_layer}+expert: libCacheSim hit rate "
+            f"{lcs['libcachesim_hit_rate']:.6f}, our replay {lcs['replay_global_hit_rate']:.6f} (ours never evicts an "
+            f"expert of the current layer step; libCacheSim's LRU may)"
+        )
+    s = result["setting"]
+    lines.append(
+        f"wall s: best of runs (perf_counter); traced MiB: tracemalloc peak of one extra untimed run; process peak RSS "
+        f"{s['peak_rss_mib']:.0f} MiB; Python {s['python']}, {s['cpus']} CPUs"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accesses", type=int, default=1_000_000, help="accesses in the synthetic trace (default 1M)")
+    parser.add_argument("--naive-accesses", type=int, default=100_000, help="prefix the naive SimPy model runs on")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per fast case; the best is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    args = parser.parse_args(argv)
+    result = benchmark(args.accesses, args.naive_accesses, args.repeats, args.seed)
+    print()
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
