@@ -1,0 +1,121 @@
+"""`moe-trace`: import public routing traces, generate synthetic ones, describe any trace.
+
+Every bad input ends the same way: one line `moe-trace: <file>: <field>: <value> ...` on stderr and exit status 2,
+never a traceback. Trace outputs appear complete or not at all (TraceWriter writes to a temporary file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from simulator.errors import InputError
+from simulator.presets import get_preset
+from traces import info as trace_info
+from traces.importers import moe_beyond, vllm_jsonl
+from traces.synth import SynthParams, write_synthetic
+
+IMPORTERS = {"moe-beyond": moe_beyond, "vllm-jsonl": vllm_jsonl}
+SYNTH_DEFAULT_MODEL = "deepseek-v2-lite"
+BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one InputError line instead of usage text."""
+
+    def error(self, message: str):
+        raise InputError(f"arguments: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        args.run(args)
+    except InputError as err:
+        _say(str(err))
+        return BAD_INPUT
+    except OSError as err:  # an output that cannot be written: same one-line treatment as bad input
+        _say(f"{err.filename2 or err.filename or 'output'}: {err.strerror or err}")
+        return BAD_INPUT
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moe-trace", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import", help="convert a public trace format into our Parquet trace")
+    p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the input format")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, or folders of them (taken in numeric name order)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
+    p.add_argument("--model", help="model preset (default: moe-beyond deepseek-v2-lite, vllm-jsonl mixtral-8x7b)")
+    p.add_argument("--dtype", help="stored expert weight type, e.g. fp16 (the default), fp8, int4")
+    p.set_defaults(run=_import)
+
+    d = SynthParams()
+    p = sub.add_parser("synth", help="generate a seeded synthetic trace")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
+    p.add_argument("--model", default=SYNTH_DEFAULT_MODEL, help=f"model preset (default {SYNTH_DEFAULT_MODEL})")
+    p.add_argument("--dtype", help="stored expert weight type (default fp16)")
+    p.add_argument("--sequences", type=int, default=d.sequences, help=f"number of sequences (default {d.sequences})")
+    p.add_argument("--tokens", type=int, default=d.tokens_per_sequence, help=f"tokens per sequence (default {d.tokens_per_sequence})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--skew", type=float, default=d.skew, help=f"Zipf exponent of per-layer popularity, 0 = uniform (default {d.skew})")
+    p.add_argument("--reuse", type=float, default=d.reuse, help=f"probability a slot repeats the previous token's expert (default {d.reuse})")
+    p.add_argument("--cross-layer", type=float, default=d.cross_layer,
+                   help=f"probability a slot follows the fixed map from the layer below (default {d.cross_layer})")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help=f"token id range (default {d.vocab_size})")
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser("info", help="describe a trace: shape, size, popularity, overlap, columns")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", metavar="OUT", help="also write the full summary as JSON")
+    p.set_defaults(run=_info)
+    return parser
+
+
+def _import(args) -> None:
+    importer = IMPORTERS[args.format]
+    model = get_preset(args.model or importer.DEFAULT_MODEL, args.dtype)
+    start = time.perf_counter()
+    summary = importer.import_files(args.inputs, _output(args.output), model)
+    for note in summary.notes:
+        _say(f"note: {note}")
+    print(f"wrote {summary.path}: {summary.rows:,} rows, {summary.sequences:,} sequence(s), {summary.tokens:,} tokens "
+          f"({model.name}) in {time.perf_counter() - start:.2f} s")
+
+
+def _synth(args) -> None:
+    model = get_preset(args.model, args.dtype)
+    params = SynthParams(sequences=args.sequences, tokens_per_sequence=args.tokens, seed=args.seed, skew=args.skew,
+                         reuse=args.reuse, cross_layer=args.cross_layer, vocab_size=args.vocab_size)
+    start = time.perf_counter()
+    rows = write_synthetic(_output(args.output), model, params)
+    settings = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in fields(params))
+    print(f"wrote {args.output}: {rows:,} rows ({model.name}; {settings}) in {time.perf_counter() - start:.2f} s")
+
+
+def _info(args) -> None:
+    summary = trace_info.summarize(args.file)
+    print(trace_info.format_summary(summary))
+    if args.json:
+        trace_info.write_json(summary, args.json)
+
+
+def _output(path: str) -> str:
+    """The output path, refused early where it names a folder (the atomic rename would fail only at the end)."""
+    if Path(path).is_dir():
+        raise InputError(f"{path}: output: is a folder, expected a file path such as OUT.parquet")
+    return path
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("moe-trace: " + " ".join(message.split("\n")), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

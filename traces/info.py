@@ -1,0 +1,186 @@
+"""What a trace holds, in the statistics that decide how well caching and prefetching can do on it.
+
+  popularity   per layer, the share of accesses that go to the most popular quarter of the experts, and the
+               entropy of the expert distribution (uniform = log2 E bits): what a frequency-based cache can exploit;
+  overlap      the mean fraction of a token's experts at a layer that the previous token of the same sequence also
+               chose at that layer: what a recency-based cache can exploit.
+The trace is streamed chunk by chunk, so memory does not grow with its length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from traces.format import PHASES, TraceFile
+
+TOP_FRACTION = 0.25
+"""Popularity is reported as the access share of the top quarter of experts (16 of 64, 2 of 8)."""
+
+
+def summarize(path: str | os.PathLike) -> dict:
+    """Shape, size, columns, per-layer popularity and consecutive-token overlap of the trace at `path`."""
+    trace = TraceFile(path)
+    model = trace.meta.model
+    L, E = model.moe_layers, model.experts_per_layer
+    counts = np.zeros(L * E, dtype=np.int64)
+    overlap_sum = np.zeros(L)
+    overlap_pairs = np.zeros(L, dtype=np.int64)
+    tokens_of: dict[int, int] = {}
+    phase_rows = np.zeros(len(PHASES), dtype=np.int64)
+    rows = unrecorded = 0
+    last_token = (-1, -1)
+    carry = None  # the last row of each layer of the previous chunk's final sequence, which may continue
+
+    for chunk in trace.chunks(extras=True):
+        if len(chunk) == 0:
+            continue
+        rows += len(chunk)
+        valid = chunk.experts >= 0
+        unrecorded += int((~valid).sum())
+        keys = chunk.layer.astype(np.int64)[:, None] * E + chunk.experts
+        counts += np.bincount(keys[valid], minlength=L * E)
+        if chunk.phase is not None:
+            phase_rows += np.bincount(chunk.phase, minlength=len(PHASES))
+
+        seq = np.concatenate(([last_token[0]], chunk.sequence))
+        tok = np.concatenate(([last_token[1]], chunk.token))
+        new = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1])
+        ids, n = np.unique(chunk.sequence[new], return_counts=True)
+        for s, c in zip(ids.tolist(), n.tolist()):
+            tokens_of[s] = tokens_of.get(s, 0) + c
+        last_token = (chunk.sequence[-1], chunk.token[-1])
+
+        seq, layer, experts = chunk.sequence, chunk.layer, chunk.experts
+        if carry is not None:
+            seq, layer, experts = (np.concatenate((a, b)) for a, b in zip(carry, (seq, layer, experts)))
+        pair_layer, fraction = _consecutive_overlap(seq, layer, experts)
+        overlap_sum += np.bincount(pair_layer, weights=fraction, minlength=L)
+        overlap_pairs += np.bincount(pair_layer, minlength=L)
+        carry = _tail(seq, layer, experts)
+
+    per_layer = counts.reshape(L, E)
+    accesses = per_layer.sum(axis=1)
+    top = max(1, int(round(E * TOP_FRACTION)))
+    share = -np.sort(-per_layer, axis=1)[:, :top].sum(axis=1) / np.maximum(accesses, 1)
+    p = per_layer / np.maximum(accesses, 1)[:, None]
+    entropy = -(p * np.log2(np.where(p > 0, p, 1))).sum(axis=1)
+    lengths = np.array(list(tokens_of.values()) or [0])
+    return {
+        "file": str(path),
+        "model": model.name,
+        "moe_layers": L,
+        "moe_layer_ids": trace.meta.moe_layer_ids,
+        "experts_per_layer": E,
+        "top_k": model.top_k,
+        "sequences": len(tokens_of),
+        "tokens": int(lengths.sum()),
+        "tokens_per_sequence": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())},
+        "rows": rows,
+        "accesses": int(accesses.sum()),
+        "unrecorded_slots": unrecorded,
+        "phase_rows": dict(zip(PHASES, phase_rows.tolist())) if trace.has_phase else None,
+        "columns": {"weights": trace.has_weights, "token_id": trace.has_token_id, "phase": trace.has_phase,
+                    "predictions": trace.prediction_columns},
+        "popularity": {"top_experts": top, "top_share": share.round(4).tolist(),
+                       "entropy_bits": entropy.round(4).tolist(), "uniform_entropy_bits": float(np.log2(E))},
+        "consecutive_overlap": {
+            "mean": float(overlap_sum.sum() / max(overlap_pairs.sum(), 1)),
+            "per_layer": (overlap_sum / np.maximum(overlap_pairs, 1)).round(4).tolist(),
+        },
+        "provenance": trace.meta.provenance,
+    }
+
+
+def _consecutive_overlap(seq: np.ndarray, layer: np.ndarray, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row that has a predecessor at the same (sequence, layer), the layer and the fraction of its recorded
+    experts that the predecessor also chose; pairs where either row recorded nothing are left out."""
+    order = np.lexsort((layer, seq))  # stable: within one (sequence, layer), rows stay in token order
+    s, l = seq[order], layer[order]
+    paired = np.flatnonzero((s[1:] == s[:-1]) & (l[1:] == l[:-1]))
+    cur, prev = experts[order[paired + 1]], experts[order[paired]]
+    recorded = (cur >= 0).sum(axis=1)
+    keep = (recorded > 0) & (prev >= 0).any(axis=1)
+    shared = ((cur[:, :, None] == prev[:, None, :]) & (cur >= 0)[:, :, None]).any(axis=2).sum(axis=1)
+    return l[paired + 1][keep].astype(np.int64), shared[keep] / recorded[keep]
+
+
+def _tail(seq: np.ndarray, layer: np.ndarray, experts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The last row of each layer of the final sequence: the predecessors of the next chunk's first rows."""
+    rows = np.flatnonzero(seq == seq[-1])[::-1]
+    _, first = np.unique(layer[rows], return_index=True)
+    pick = rows[first]
+    return seq[pick], layer[pick], experts[pick]
+
+
+def format_summary(info: dict) -> str:
+    """The summary as a compact, human-readable text block."""
+    ids = info["moe_layer_ids"]
+    tps = info["tokens_per_sequence"]
+    cols = info["columns"]
+    present = [c for c in ("weights", "token_id", "phase") if cols[c]]
+    pop = info["popularity"]
+    overlap = info["consecutive_overlap"]
+    lines = [
+        f"file        {info['file']}",
+        f"model       {info['model']}: {info['moe_layers']} MoE layers (model layers {_ranges(ids)}), "
+        f"{info['experts_per_layer']} experts per layer, top-{info['top_k']}",
+        f"sequences   {info['sequences']:,}; tokens {info['tokens']:,} (per sequence min {tps['min']:,}, "
+        f"median {tps['median']:,g}, max {tps['max']:,})",
+        f"rows        {info['rows']:,}; accesses {info['accesses']:,} ({info['unrecorded_slots']:,} slots with no expert recorded)",
+    ]
+    if info["phase_rows"] is not None:
+        lines.append("phases      " + ", ".join(f"{name} {n:,} rows" for name, n in info["phase_rows"].items()))
+    lines += [
+        f"columns     {', '.join(present) or 'no optional columns'}; predictions: {', '.join(cols['predictions']) or 'none'}",
+        f"overlap     {overlap['mean']:.3f} of a token's experts at a layer were chosen by the previous token there "
+        f"(layers {min(overlap['per_layer']):.3f}..{max(overlap['per_layer']):.3f})",
+        f"popularity  per layer: access share of the top {pop['top_experts']} of {info['experts_per_layer']} experts "
+        f"(uniform {pop['top_experts'] / info['experts_per_layer']:.2f}) / entropy in bits (uniform {pop['uniform_entropy_bits']:.2f})",
+    ]
+    width = 13
+    for lo in range(0, info["moe_layers"], width):
+        part = slice(lo, lo + width)
+        lines.append("  layer   " + "".join(f"{i:>6}" for i in range(lo, min(lo + width, info["moe_layers"]))))
+        lines.append("  share   " + "".join(f"{v:>6.3f}" for v in pop["top_share"][part]))
+        lines.append("  entropy " + "".join(f"{v:>6.2f}" for v in pop["entropy_bits"][part]))
+    lines.append("provenance  " + _provenance_line(info["provenance"]))
+    return "\n".join(lines)
+
+
+def write_json(info: dict, path: str | os.PathLike) -> None:
+    """Write the summary as JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ranges(ids: list[int]) -> str:
+    """'1..26' for a contiguous run, else the ids."""
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return f"{ids[0]}..{ids[-1]}"
+    return ",".join(map(str, ids))
+
+
+def _provenance_line(provenance: dict) -> str:
+    """Scalar entries as key=value; lists and objects only by their length."""
+    parts = []
+    for key, value in provenance.items():
+        if isinstance(value, (list, dict)):
+            parts.append(f"{key}: {len(value)} entries")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts) or "none recorded"
