@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
+from simulator.presets import get_preset
 from traces.cli import main
 from traces.format import TraceFile
+from traces.info import summarize
+from traces.synth import SynthParams, write_synthetic
 
 
 def deepseek_csv(tokens: int = 3) -> str:
@@ -50,6 +53,14 @@ def test_synth_then_info(tmp_path, capsys):
     summary = json.loads((tmp_path / "info.json").read_text())
     assert summary["rows"] == 2600 and len(summary["popularity"]["top_share"]) == 26
     assert 0 < summary["consecutive_overlap"]["mean"] < 1
+
+
+def test_info_statistics_do_not_depend_on_chunking(tmp_path):
+    path = tmp_path / "s.parquet"
+    write_synthetic(path, get_preset("mixtral-8x7b"), SynthParams(sequences=3, tokens_per_sequence=100, reuse=0.4))
+    whole = summarize(path)
+    assert summarize(path, batch_rows=1000) == whole  # chunk edges fall inside sequences and tokens
+    assert (whole["sequences"], whole["tokens"], whole["rows"]) == (3, 300, 9600)
 
 
 def test_import_and_info(tmp_path, capsys):

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="moe-trace", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="moe-trace", description="Import public routing traces, generate synthetic ones, describe any trace.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("import", help="convert a public trace format into our Parquet trace")

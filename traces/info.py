@@ -22,8 +22,9 @@ TOP_FRACTION = 0.25
 """Popularity is reported as the access share of the top quarter of experts (16 of 64, 2 of 8)."""
 
 
-def summarize(path: str | os.PathLike) -> dict:
-    """Shape, size, columns, per-layer popularity and consecutive-token overlap of the trace at `path`."""
+def summarize(path: str | os.PathLike, *, batch_rows: int = 1 << 16) -> dict:
+    """Shape, size, columns, per-layer popularity and consecutive-token overlap of the trace at `path`, read
+    `batch_rows` rows at a time."""
     trace = TraceFile(path)
     model = trace.meta.model
     L, E = model.moe_layers, model.experts_per_layer
@@ -36,7 +37,7 @@ def summarize(path: str | os.PathLike) -> dict:
     last_token = (-1, -1)
     carry = None  # the last row of each layer of the previous chunk's final sequence, which may continue
 
-    for chunk in trace.chunks(extras=True):
+    for chunk in trace.chunks(batch_rows=batch_rows, extras=True):
         if len(chunk) == 0:
             continue
         rows += len(chunk)

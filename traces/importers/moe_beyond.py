@@ -49,7 +49,7 @@ def read_csv(path: str | Path, model: MoEModel, sequence: int) -> TraceChunk:
     table = _read_table(path)
     predicted = table.column_names == PREDICTED_HEADER
     if not predicted and table.column_names != TRAINING_HEADER:
-        raise InputError(f"{path}: header: {','.join(table.column_names)!r} is neither {','.join(TRAINING_HEADER)!r} "
+        raise InputError(f"{path}: header: {','.join(table.column_names)[:80]!r} is neither {','.join(TRAINING_HEADER)!r} "
                          f"nor {','.join(PREDICTED_HEADER)!r}")
     n, L = table.num_rows, model.moe_layers
     if n == 0:
