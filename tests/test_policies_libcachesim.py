@@ -26,7 +26,7 @@ from traces.format import TraceChunk
 
 pytest.importorskip("libcachesim")
 
-REAL_TRACE = Path("/work/shared/traces/real/deepseek_v2_lite_moebeyond_prompt_1351_data.csv")
+REAL_TRACE = Path(__file__).parents[1].parent / "shared" / "traces" / "real" / "deepseek_v2_lite_moebeyond_prompt_1351_data.csv"
 
 ORACLE_GENERAL = np.dtype(
     [("clock_time", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")]
