@@ -100,6 +100,8 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         with TraceWriter(good, TraceMeta(model, list(range(26)))) as w:
             w.write(TraceChunk(np.zeros(26), np.zeros(26), np.arange(26), np.tile(np.arange(6), (26, 1))))
         path.write_bytes(good.read_bytes()[:-40])
+    elif kind == "not_parquet":
+        path.write_text("Layer ID,Token\n1,0\n")
     elif kind == "missing_column":
         pd.DataFrame({"sequence": [0], "token": [0], "layer": [0]}).to_parquet(path)
     elif kind == "id_out_of_range":
@@ -120,6 +122,7 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         (["cache.scope=global", "cache.capacity=2000"], "cache.capacity: 2000"),
         (["hardware=nosuch"], "hardware=nosuch"),
         (["trace.path=BAD:truncated"], "truncated.parquet"),
+        (["trace.path=BAD:not_parquet"], "not a readable Parquet trace"),
         (["trace.path=BAD:missing_column"], "column 'experts' is missing"),
         (["trace.path=BAD:id_out_of_range"], "field 'experts'"),
         (["hardware=BAD:negative_bandwidth"], "bandwidth_Bps"),
