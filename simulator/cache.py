@@ -1,12 +1,13 @@
 """The GPU's expert cache: policy instances arranged by scope, and the hit/miss judgement of one layer step.
 
-Scope `layer` gives every MoE layer its own policy of `capacity` slots over expert ids; scope `global` gives one
-policy of `capacity` slots over keys layer·experts_per_layer + expert.
+Scope `layer` gives every MoE layer its own policy of `capacity` slots over expert ids (or `capacity[layer]` slots,
+for per-layer sizing such as AdapMoE's); scope `global` gives one policy of `capacity` slots over keys
+layer·experts_per_layer + expert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class ExpertCache:
     def __init__(
         self,
         make_policy: Callable[[int], CachePolicy],
-        capacity: int,
+        capacity: int | Sequence[int],
         scope: str,
         model: MoEModel,
         *,
@@ -30,15 +31,23 @@ class ExpertCache:
         if scope not in SCOPES:
             raise InputError(f"cache.scope: unknown scope {scope!r} (known: {', '.join(SCOPES)})")
         limit = model.experts_per_layer if scope == "layer" else model.total_experts
-        if not model.top_k <= capacity <= limit:
-            what = "experts per layer" if scope == "layer" else "experts in the model"
-            raise InputError(
-                f"cache.capacity: {capacity} is outside {model.top_k}..{limit} for scope {scope!r} "
-                f"(a layer step needs its top_k={model.top_k} experts resident; the model has {limit} {what})"
-            )
+        what = "experts per layer" if scope == "layer" else "experts in the model"
+        if isinstance(capacity, int):
+            capacities = [capacity] * (model.moe_layers if scope == "layer" else 1)
+        elif scope == "layer" and len(capacity) == model.moe_layers:
+            capacities = [int(c) for c in capacity]
+        else:
+            raise InputError(f"cache.capacity: a list needs scope 'layer' and one entry per MoE layer ({model.moe_layers}), got {list(capacity)}")
+        for c in capacities:
+            if not model.top_k <= c <= limit:
+                raise InputError(
+                    f"cache.capacity: {c} is outside {model.top_k}..{limit} for scope {scope!r} "
+                    f"(a layer step needs its top_k={model.top_k} experts resident; the model has {limit} {what})"
+                )
         self.model = model
         self.scope = scope
-        self.capacity = capacity
+        self.capacities = capacities
+        """Slots per policy instance: one per MoE layer (scope layer) or one in all (scope global)."""
         self.reset_per_sequence = reset_per_sequence
         self._make_policy = make_policy
         self._futures: list[tuple[np.ndarray, np.ndarray]] | None = None  # per policy: (keys, their sequence ids)
@@ -47,10 +56,10 @@ class ExpertCache:
     def _empty(self) -> None:
         layers, experts = self.model.moe_layers, self.model.experts_per_layer
         if self.scope == "layer":
-            self.policies = [self._make_policy(self.capacity) for _ in range(layers)]
+            self.policies = [self._make_policy(c) for c in self.capacities]
             self.offsets = [0] * layers
         else:
-            self.policies = [self._make_policy(self.capacity)] * layers
+            self.policies = [self._make_policy(self.capacities[0])] * layers
             self.offsets = [layer * experts for layer in range(layers)]
 
     @property

@@ -106,8 +106,8 @@ class ObservedCache(ExpertCache):
         misses = super().access(layer, experts)
         assert misses == [e for e, hit in zip(experts, resident_before) if not hit], "misses are judged before loading"
         assert all(key in policy.resident for key in keys), "every expert of the step is resident at its end"
-        for instance in {id(p): p for p in self.policies}.values():
-            assert len(instance) <= self.capacity, f"{len(instance)} resident > capacity {self.capacity}"
+        for instance, capacity in zip({id(p): p for p in self.policies}.values(), self.capacities):
+            assert len(instance) <= capacity, f"{len(instance)} resident > capacity {capacity}"
         return misses
 
 
