@@ -20,12 +20,14 @@ from tqdm import tqdm
 from experiments.config import RunConfig
 from experiments.results import write_run
 from experiments.run import simulate
+from experiments.sweep import discard_results, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
 from policies.registry import POLICIES, policy_class
 from simulator.errors import InputError
 from simulator.presets import PRESETS
 
 CONF_DIR = Path(__file__).parent / "conf"
+register_resolver()  # names sweep job directories; here so that launcher worker processes have it too
 GROUPS = ("trace", "model", "hardware", "policy")
 
 
@@ -73,6 +75,11 @@ def rewrite_args(argv: list[str]) -> list[str]:
 def _run(cfg: DictConfig) -> None:
     try:
         run = RunConfig.from_hydra(cfg)
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        if is_complete(job_dir, OmegaConf.to_container(cfg, resolve=True)):
+            print(f"skip {job_dir}: complete results of this config are there")
+            return
+        discard_results(job_dir)
         bar = tqdm(desc="replay", unit="row", disable=None if run.replay.progress else True, leave=False)
         with bar:
             result = simulate(run, progress=bar)

@@ -1,0 +1,94 @@
+"""Resumable sweeps: each job's directory is named from its overrides, and a job whose complete results are already
+there is skipped.
+
+A sweep writes to a fixed `hydra.sweep.dir` (the sweep configs in `conf/sweep/` set one; `hydra.sweep.dir=DIR`
+chooses another), one subdirectory per job named by `job_dirname` from that job's overrides, sorted, so the same
+job lands in the same directory whatever the order of the command line or of the grid. A rerun, or the same sweep
+with more values on an axis, finds the jobs already done there: `metrics.json` is written last and atomically, so its
+presence with this job's config means the job is complete (`is_complete`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from experiments.results import METRICS_FILE
+
+RESOLVER = "job_dirname"
+"""The OmegaConf resolver `conf/config.yaml` names `hydra.sweep.subdir` with."""
+
+IGNORED_KEYS = ("replay.progress",)
+"""Config keys that do not change a run's results: a rerun that differs only in them still finds the job done."""
+
+_SAFE = re.compile(r"[^\w.+-]")
+_MAX_NAME = 200
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _value_name(value: str) -> str:
+    """A file path becomes its stem plus a digest of the whole path; other unsafe characters become `_` (with a
+    digest, so two values never share a name)."""
+    if "/" in value or value.endswith((".parquet", ".yaml", ".yml")):
+        return f"{_SAFE.sub('_', Path(value).stem)}-{_digest(value)}"
+    safe = _SAFE.sub("_", value)
+    return safe if safe == value else f"{safe}-{_digest(value)}"
+
+
+def job_dirname(overrides: Iterable[str]) -> str:
+    """`cache.capacity=8,policy=lru,trace.path=ds1351-1a2b3c4d` from a job's overrides (`hydra.overrides.task`).
+
+    The `+sweep=NAME` choice is left out (it names the sweep, not the job); keys are sorted; `+`/`++` prefixes are
+    dropped. A job with no overrides is `defaults`.
+    """
+    items = []
+    for override in overrides:
+        key, _, value = str(override).lstrip("+~").partition("=")
+        if key in ("sweep", "hydra") or key.startswith(("hydra.", "hydra/")):
+            continue
+        items.append(f"{key}={_value_name(value)}")
+    name = ",".join(sorted(items)) or "defaults"
+    if len(name) > _MAX_NAME:
+        name = f"{name[:_MAX_NAME - 9]}-{_digest(name)}"
+    return name
+
+
+def register_resolver() -> None:
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, lambda overrides: job_dirname(overrides))
+
+
+def _comparable(config: dict) -> dict:
+    config = json.loads(json.dumps(config))  # the form it has after a trip through metrics.json
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
+
+
+def is_complete(out_dir: Path, config: dict) -> bool:
+    """True when `out_dir` holds the complete results of a run of `config` (resolved, as in metrics.json)."""
+    path = Path(out_dir) / METRICS_FILE
+    try:
+        done = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _comparable(done) == _comparable(config)
+
+
+def discard_results(out_dir: Path) -> None:
+    """Remove a previous run's metrics.json before this job rewrites the directory, so that an interruption never
+    leaves the old metrics.json beside new files (which would look complete)."""
+    (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
