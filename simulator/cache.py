@@ -51,6 +51,10 @@ class ExpertCache:
         self.reset_per_sequence = reset_per_sequence
         self._make_policy = make_policy
         self._futures: list[tuple[np.ndarray, np.ndarray]] | None = None  # per policy: (keys, their sequence ids)
+        self.track_evictions = False
+        """When set (a prefetching replay), `evicted` collects model-wide keys (layer·experts_per_layer + expert)
+        evicted since the caller last cleared it."""
+        self.evicted: list[int] = []
         self._empty()
 
     def _empty(self) -> None:
@@ -58,9 +62,11 @@ class ExpertCache:
         if self.scope == "layer":
             self.policies = [self._make_policy(c) for c in self.capacities]
             self.offsets = [0] * layers
+            self._evict_base = [layer * experts for layer in range(layers)]
         else:
             self.policies = [self._make_policy(self.capacities[0])] * layers
             self.offsets = [layer * experts for layer in range(layers)]
+            self._evict_base = [0] * layers
 
     @property
     def offline(self) -> bool:
@@ -124,6 +130,30 @@ class ExpertCache:
             if key in resident:
                 policy.hit(key)
             else:
-                policy.admit(key, keys)
+                evicted = policy.admit(key, keys)
+                if self.track_evictions:
+                    base = self._evict_base[layer]
+                    self.evicted.extend(base + k for k in evicted)
                 misses.append(key - offset)
         return misses
+
+    def is_resident(self, layer: int, expert: int) -> bool:
+        return self.offsets[layer] + expert in self.policies[layer].resident
+
+    def admit_prefetch(self, layer: int, expert: int, step_layer: int, step_experts: list[int]) -> bool:
+        """Insert a prefetched expert through the policy, never evicting an expert of the step now running
+        (`step_layer`, `step_experts`); returns False, inserting nothing, when every resident expert is protected."""
+        policy = self.policies[layer]
+        offset = self.offsets[layer]
+        if policy is self.policies[step_layer]:
+            step_offset = self.offsets[step_layer]
+            protected = {step_offset + e for e in step_experts}
+        else:
+            protected = ()
+        if len(policy) >= policy.capacity and all(key in protected for key in policy.resident):
+            return False
+        evicted = policy.admit(offset + expert, protected)
+        if self.track_evictions:
+            base = self._evict_base[layer]
+            self.evicted.extend(base + k for k in evicted)
+        return True

@@ -18,6 +18,20 @@ class LayerCounters:
 
 
 @dataclass
+class PrefetchCounters:
+    """What became of each issued prefetch: used while resident (useful), demanded while still on its way (late),
+    evicted or dropped unused (wasted), or still unused when the trace ended."""
+
+    issued: int = 0
+    useful: int = 0
+    late: int = 0
+    wasted: int = 0
+    unused_at_end: int = 0
+    bytes: int = 0
+    late_wait_s: float = 0.0
+
+
+@dataclass
 class Metrics:
     accesses: int = 0
     hits: int = 0
@@ -28,9 +42,12 @@ class Metrics:
     stall_time_s: float = 0.0
     total_time_s: float = 0.0
     bytes_h2d: int = 0
+    bytes_demand: int = 0
     transfers_h2d: int = 0
     h2d_busy_s: float = 0.0
+    h2d_busy_prefetch_s: float = 0.0
     timed: bool = False
+    prefetch: PrefetchCounters = field(default_factory=PrefetchCounters)
     per_layer: LayerCounters = field(default_factory=lambda: LayerCounters.zeros(0))
 
     @property
@@ -40,6 +57,9 @@ class Metrics:
     def summary(self) -> dict:
         """The run-level figures, as written to metrics.json (times are null in a hit-rate-only replay)."""
         timed = self.timed
+        p = self.prefetch
+        covered = p.useful + p.late
+        total = self.total_time_s
 
         def t(value):
             return value if timed else None
@@ -58,9 +78,22 @@ class Metrics:
             "stall_fraction": t(self.stall_time_s / self.total_time_s if self.total_time_s else 0.0),
             "time_per_token_s": t(self.total_time_s / self.tokens if self.tokens else 0.0),
             "bytes_h2d": self.bytes_h2d,
+            "bytes_demand": self.bytes_demand,
+            "bytes_prefetch": p.bytes,
             "transfers_h2d": self.transfers_h2d,
             "h2d_busy_s": t(self.h2d_busy_s),
-            "h2d_utilisation": t(self.h2d_busy_s / self.total_time_s if self.total_time_s else 0.0),
+            "h2d_utilisation": t(self.h2d_busy_s / total if total else 0.0),
+            "h2d_utilisation_demand": t((self.h2d_busy_s - self.h2d_busy_prefetch_s) / total if total else 0.0),
+            "h2d_utilisation_prefetch": t(self.h2d_busy_prefetch_s / total if total else 0.0),
+            "hits_demand": self.hits - p.useful,
+            "prefetch_issued": p.issued,
+            "prefetch_useful": p.useful,
+            "prefetch_late": p.late,
+            "prefetch_wasted": p.wasted,
+            "prefetch_unused_at_end": p.unused_at_end,
+            "prefetch_precision": covered / p.issued if p.issued else 0.0,
+            "prefetch_recall": covered / (self.misses + p.useful) if self.misses + p.useful else 0.0,
+            "prefetch_mean_late_wait_s": t(p.late_wait_s / p.late if p.late else 0.0),
         }
 
     def layer_table(self) -> dict[str, list]:

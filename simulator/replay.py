@@ -5,26 +5,35 @@ layer step judges its routed experts against the cache before anything of the st
 misses. In the timed replay one layer step is:
 
     t_router = now + non_expert_s                       # attention, shared experts, router on the GPU
-    misses are put on the H2D link at t_router, in router order (Link.transfer)
+    prefetches that have arrived by t_router are inserted into the cache (never evicting this step's experts)
+    misses: an expert whose prefetch is still on its way is a *late* prefetch and waits for the rest of it (a
+            prefetch still queued is promoted to a demand fetch); any other miss is a demand fetch put on the
+            link at t_router, ahead of queued prefetches
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
+The prefetcher (if any) is asked at the token's start and after each router; its requests queue on the link behind
+demand fetches. In the hit-rate-only replay there is no clock: a prefetch lands at once (unbounded bandwidth).
+
 A hit creates no event and a layer step yields one SimPy timeout, so the replay runs at arithmetic speed; SimPy is
-the clock other processes (prefetchers, NVMe queues, several sequences) will share.
+the clock that further processes (NVMe queues, several sequences) will share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import simpy
 
+from policies.prefetchers.base import Prefetcher, PrefetchView
 from simulator.cache import ExpertCache
 from simulator.compute import StepCosts
+from simulator.errors import InputError
 from simulator.hardware import LinkSpec
-from simulator.link import Link
-from simulator.metrics import LayerCounters, Metrics
+from simulator.link import Link, Transfer
+from simulator.metrics import LayerCounters, Metrics, PrefetchCounters
 from traces.format import TraceChunk
 
 
@@ -36,86 +45,290 @@ class Timing:
     h2d: LinkSpec
 
 
+@dataclass
+class Token:
+    """The rows of one token, in layer order."""
+
+    sequence: int
+    position: int
+    layers: list[int]
+    experts: list[list[int]]
+    predictions: dict[str, list]
+
+
 def replay(
     chunks: Iterable[TraceChunk],
     cache: ExpertCache,
     timing: Timing | None = None,
     *,
+    prefetcher: Prefetcher | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
-    Offline policies (Belady, Static) must have been given the same rows through `cache.prepare` first.
+    Offline policies (Belady, Static) must have been given the same rows through `cache.prepare` first; they cannot
+    take prefetches (their view of the future is the demand stream).
     """
-    metrics = Metrics(timed=timing is not None, per_layer=LayerCounters.zeros(cache.model.moe_layers))
-    steps = _layer_steps(chunks, cache, metrics, progress)
+    if prefetcher is not None and cache.offline:
+        raise InputError("prefetch: offline cache policies (belady, static) cannot take prefetched experts")
+    run = _Replay(cache, timing, prefetcher)
+    tokens = _tokens(chunks, progress)
     if timing is None:
-        for _ in steps:
+        for _ in run.steps(tokens):
             pass
-        return metrics
-    env = simpy.Environment()
-    link = Link(timing.h2d)
-    env.process(_timed(env, steps, timing.costs, cache.model.bytes_per_expert, link, metrics))
-    env.run()
-    metrics.total_time_s = env.now
-    metrics.bytes_h2d = link.bytes_moved
-    metrics.transfers_h2d = link.transfers
-    metrics.h2d_busy_s = link.busy_s
-    return metrics
+    else:
+        env = simpy.Environment()
+        env.process(run.clocked(env, tokens))
+        env.run()
+    return run.finish()
 
 
-def _layer_steps(chunks, cache: ExpertCache, metrics: Metrics, progress):
-    """Judge every layer step against the cache, count it, and yield (layer, routed count, missed count)."""
-    per_layer = metrics.per_layer
-    layer_accesses, layer_hits, layer_bytes = per_layer.accesses, per_layer.hits, per_layer.bytes_h2d
-    expert_bytes = cache.model.bytes_per_expert
-    steps = 0
-    last_sequence = last_token = None
+def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
+    """Group trace rows into tokens (a token's rows are consecutive), carrying a token across chunk boundaries."""
+    current: Token | None = None
     for chunk in chunks:
-        sequences = chunk.sequence.tolist()
-        tokens = chunk.token.tolist()
-        layers = chunk.layer.tolist()
-        routed = chunk.experts.tolist()
-        for sequence, token, layer, experts in zip(sequences, tokens, layers, routed):
-            if sequence != last_sequence:
-                cache.start_sequence(sequence, first=last_sequence is None)
-                metrics.sequences += 1
-                metrics.tokens += 1
-                last_sequence, last_token = sequence, token
-            elif token != last_token:
-                metrics.tokens += 1
-                last_token = token
+        names = list(chunk.predictions)
+        columns = [chunk.predictions[n] for n in names]
+        rows = zip(chunk.sequence.tolist(), chunk.token.tolist(), chunk.layer.tolist(), chunk.experts.tolist(), *columns)
+        for sequence, position, layer, experts, *predicted in rows:
             if -1 in experts:
                 experts = [e for e in experts if e >= 0]
-            misses = cache.access(layer, experts)
-            k = len(experts)
-            layer_accesses[layer] += k
-            layer_hits[layer] += k - len(misses)
-            layer_bytes[layer] += len(misses) * expert_bytes
-            steps += 1
-            yield layer, k, len(misses)
+            if current is None or position != current.position or sequence != current.sequence:
+                if current is not None:
+                    yield current
+                current = Token(sequence, position, [], [], {n: [] for n in names})
+            current.layers.append(layer)
+            current.experts.append(experts)
+            for name, value in zip(names, predicted):
+                current.predictions[name].append(value)
         if progress is not None:
             progress(len(chunk))
-    metrics.layer_steps = steps
-    metrics.bytes_h2d = sum(layer_bytes)
-    metrics.accesses = sum(layer_accesses)
-    metrics.hits = sum(layer_hits)
+    if current is not None:
+        yield current
 
 
-def _timed(env: simpy.Environment, steps, costs: StepCosts, expert_bytes: int, link: Link, metrics: Metrics):
-    per_layer = metrics.per_layer
-    non_expert_s, expert_s = costs.non_expert_s, costs.expert_s
-    for layer, routed, missed in steps:
-        t_router = env.now + non_expert_s
-        gpu = t_router + (routed - missed) * expert_s
-        stall = 0.0
-        for _ in range(missed):
-            arrival = link.transfer(t_router, expert_bytes)
-            if arrival > gpu:
-                stall += arrival - gpu
-                gpu = arrival
-            gpu += expert_s
-        metrics.compute_time_s += non_expert_s + routed * expert_s
-        metrics.stall_time_s += stall
-        per_layer.stall_s[layer] += stall
-        yield env.timeout(gpu - env.now)
+class _Replay:
+    def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None):
+        model = cache.model
+        self.cache = cache
+        self.timing = timing
+        self.link = Link(timing.h2d) if timing else None
+        self.prefetcher = prefetcher
+        self.expert_bytes = model.bytes_per_expert
+        self.experts_per_layer = model.experts_per_layer
+        self.metrics = Metrics(timed=timing is not None, per_layer=LayerCounters.zeros(model.moe_layers))
+        self.prefetch = PrefetchCounters()
+        self.now = 0.0
+        # Prefetch bookkeeping, by model-wide key layer·experts_per_layer + expert:
+        self.inflight: dict[int, Transfer] = {}  # issued, not yet inserted into the cache
+        self.inflight_order: deque[Transfer] = deque()  # the same, in issue order (= arrival order)
+        self.unused: set[int] = set()  # prefetched, in the cache, not yet used
+        self._upcoming: deque[Token] = deque()
+        self._tokens: Iterator[Token] | None = None
+        if prefetcher is not None:
+            self.view = PrefetchView(model, cache, self.link, prefetcher.oracle, self._future)
+            cache.track_evictions = True
+
+    # -- driving -------------------------------------------------------------------------------------------------
+
+    def clocked(self, env: simpy.Environment, tokens: Iterable[Token]):
+        """The SimPy process: one timeout per layer step, to the step's end."""
+        for end in self.steps(tokens):
+            yield env.timeout(end - env.now)
+
+    def steps(self, tokens: Iterable[Token]) -> Iterator[float]:
+        """Run every layer step in order; yields each step's end time (0 without a clock)."""
+        self._tokens = iter(tokens)
+        metrics = self.metrics
+        cache = self.cache
+        prefetcher = self.prefetcher
+        last_sequence = None
+        previous: dict[int, list[int]] | None = None
+        while True:
+            token = self._next_token()
+            if token is None:
+                break
+            if token.sequence != last_sequence:
+                cache.start_sequence(token.sequence, first=last_sequence is None)
+                if prefetcher is not None:
+                    prefetcher.start_sequence()
+                metrics.sequences += 1
+                last_sequence = token.sequence
+                previous = None
+            metrics.tokens += 1
+            if prefetcher is not None:
+                self._begin_token(token, previous)
+            for index, (layer, experts) in enumerate(zip(token.layers, token.experts)):
+                self._layer_step(layer, experts, index == 0 and prefetcher is not None)
+                yield self.now
+            if prefetcher is not None:
+                previous = dict(zip(token.layers, token.experts))
+
+    def _next_token(self) -> Token | None:
+        if self._upcoming:
+            return self._upcoming.popleft()
+        return next(self._tokens, None)
+
+    def _future(self, steps: int) -> list[tuple[int, list[int]]]:
+        """The layer steps after the current one (oracle prefetchers only), reading ahead in the trace as needed."""
+        view = self.view
+        token = self._current
+        out = [(l, e) for l, e in zip(token.layers, token.experts) if l > view.layer][:steps]
+        ahead = iter(self._upcoming)
+        while len(out) < steps:
+            nxt = next(ahead, None)
+            if nxt is None:
+                nxt = next(self._tokens, None)
+                if nxt is None:
+                    break
+                self._upcoming.append(nxt)
+            out.extend(zip(nxt.layers, nxt.experts))
+        return out[:steps]
+
+    # -- one layer step ------------------------------------------------------------------------------------------
+
+    def _begin_token(self, token: Token, previous) -> None:
+        view = self.view
+        self._current = token
+        view.sequence, view.position = token.sequence, token.position
+        view.layer, view.experts = -1, []
+        view.token_routing = {}
+        view.previous_routing = previous
+        view.predictions = {name: dict(zip(token.layers, rows)) for name, rows in token.predictions.items()}
+
+    def _layer_step(self, layer: int, experts: list[int], token_start: bool) -> None:
+        metrics, timing, cache = self.metrics, self.timing, self.cache
+        if token_start:
+            view = self.view
+            view.now_s = self.now
+            self._issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
+        t_router = self.now + timing.costs.non_expert_s if timing else 0.0
+        if self.inflight:
+            self._land(t_router, layer, experts)
+        misses = cache.access(layer, experts)
+        k = len(experts)
+        base = layer * self.experts_per_layer
+        if self.unused:
+            self._count_useful(base, experts, misses)
+        arrivals = []
+        demand = 0  # transfers this step starts as demand fetches
+        for expert in misses:
+            transfer = self.inflight.pop(base + expert, None) if self.inflight else None
+            if transfer is not None:
+                self.prefetch.late += 1
+                if timing:
+                    self.link.advance(t_router)
+                    demand += transfer.end_s is None  # still queued: it goes as a demand fetch
+                    arrival = self.link.promote(transfer, t_router)
+                    self.prefetch.late_wait_s += arrival - t_router
+                    arrivals.append(arrival)
+            else:
+                demand += 1
+                if timing:
+                    arrivals.append(self.link.transfer(t_router, self.expert_bytes))
+        if cache.evicted:
+            self._count_evictions()
+        per_layer = metrics.per_layer
+        per_layer.accesses[layer] += k
+        per_layer.hits[layer] += k - len(misses)
+        per_layer.bytes_h2d[layer] += demand * self.expert_bytes
+        metrics.layer_steps += 1
+        if self.prefetcher is not None:
+            view = self.view
+            view.now_s = t_router
+            view.layer, view.experts = layer, experts
+            view.token_routing[layer] = experts
+            self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
+        if timing:
+            expert_s = timing.costs.expert_s
+            gpu = t_router + (k - len(misses)) * expert_s
+            stall = 0.0
+            for arrival in sorted(arrivals):
+                if arrival > gpu:
+                    stall += arrival - gpu
+                    gpu = arrival
+                gpu += expert_s
+            metrics.compute_time_s += timing.costs.non_expert_s + k * expert_s
+            metrics.stall_time_s += stall
+            per_layer.stall_s[layer] += stall
+            self.now = gpu
+
+    # -- prefetch bookkeeping ------------------------------------------------------------------------------------
+
+    def _issue(self, requests, ready_s: float, step_layer: int, step_experts: list[int]) -> None:
+        """Queue the prefetcher's requests (priority order); without a clock they land at once."""
+        cache, per = self.cache, self.experts_per_layer
+        for layer, expert in requests:
+            key = layer * per + expert
+            if key in self.inflight or cache.is_resident(layer, expert):
+                continue
+            self.prefetch.issued += 1
+            if self.timing:
+                transfer = self.link.prefetch(ready_s, key, self.expert_bytes)
+                self.inflight[key] = transfer
+                self.inflight_order.append(transfer)
+            else:
+                self.prefetch.bytes += self.expert_bytes
+                self._insert_prefetched(key, step_layer, step_experts)
+
+    def _land(self, now: float, step_layer: int, step_experts: list[int]) -> None:
+        """Insert every prefetch that has arrived by `now`, in arrival order."""
+        self.link.advance(now)
+        order, inflight = self.inflight_order, self.inflight
+        while order:
+            transfer = order[0]
+            if inflight.get(transfer.key) is not transfer:
+                order.popleft()  # promoted to a demand fetch meanwhile
+                continue
+            if transfer.end_s is None or transfer.end_s > now:
+                return
+            order.popleft()
+            del inflight[transfer.key]
+            self._insert_prefetched(transfer.key, step_layer, step_experts)
+
+    def _insert_prefetched(self, key: int, step_layer: int, step_experts: list[int]) -> None:
+        layer, expert = divmod(key, self.experts_per_layer)
+        if self.cache.admit_prefetch(layer, expert, step_layer, step_experts):
+            self.unused.add(key)
+        else:
+            self.prefetch.wasted += 1  # no slot it could take: the bytes crossed for nothing
+        if self.cache.evicted:
+            self._count_evictions()
+
+    def _count_useful(self, base: int, experts: list[int], misses: list[int]) -> None:
+        unused = self.unused
+        for expert in experts:
+            key = base + expert
+            if key in unused and expert not in misses:
+                unused.discard(key)
+                self.prefetch.useful += 1
+
+    def _count_evictions(self) -> None:
+        evicted = self.cache.evicted
+        for key in evicted:
+            if key in self.unused:
+                self.unused.discard(key)
+                self.prefetch.wasted += 1
+        evicted.clear()
+
+    # -- results -------------------------------------------------------------------------------------------------
+
+    def finish(self) -> Metrics:
+        metrics, link, prefetch = self.metrics, self.link, self.prefetch
+        per_layer = metrics.per_layer
+        metrics.accesses = sum(per_layer.accesses)
+        metrics.hits = sum(per_layer.hits)
+        prefetch.unused_at_end = len(self.unused) + len(self.inflight)
+        metrics.bytes_demand = sum(per_layer.bytes_h2d)
+        if link is not None:
+            link.advance(self.now)  # prefetches still queued when the trace ends never start
+            metrics.total_time_s = self.now
+            metrics.bytes_h2d = link.bytes_moved
+            metrics.transfers_h2d = link.transfers
+            metrics.h2d_busy_s = link.busy_s
+            metrics.h2d_busy_prefetch_s = link.busy_prefetch_s
+            prefetch.bytes = link.bytes_prefetch
+        else:
+            metrics.bytes_h2d = metrics.bytes_demand + prefetch.bytes
+        metrics.prefetch = prefetch
+        return metrics
