@@ -17,6 +17,13 @@ POLICIES: dict[str, str] = {
     "random": "policies.random_eviction:RandomCache",
     "belady": "policies.belady:BeladyCache",
     "static": "policies.static:StaticCache",
+    "arc": "policies.arc:ARCCache",
+    "sieve": "policies.sieve:SIEVECache",
+    "s3fifo": "policies.s3fifo:S3FIFOCache",
+    "lirs": "policies.lirs:LIRSCache",
+    "lfu-aging": "policies.lfu_aging:LFUAgingCache",
+    "moe-infinity": "policies.moe_infinity:MoEInfinityCache",
+    "finemoe": "policies.finemoe:FineMoECache",
 }
 
 
