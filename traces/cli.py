@@ -1,4 +1,4 @@
-"""`moe-trace`: import public routing traces, generate synthetic ones, describe any trace.
+"""`moe-trace`: import public routing traces, record them from transformers models, generate synthetic ones, describe any trace.
 
 Every bad input ends the same way: one line `moe-trace: <file>: <field>: <value> ...` on stderr and exit status 2,
 never a traceback. Trace outputs appear complete or not at all (TraceWriter writes to a temporary file).
@@ -16,6 +16,7 @@ from simulator.errors import InputError
 from simulator.presets import get_preset
 from traces import info as trace_info
 from traces.importers import moe_beyond, vllm_jsonl
+from traces.prompts import load_prompts
 from traces.synth import SynthParams, write_synthetic
 
 IMPORTERS = {"moe-beyond": moe_beyond, "vllm-jsonl": vllm_jsonl}
@@ -74,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", metavar="OUT", help="also write the full summary as JSON")
     p.set_defaults(run=_info)
+
+    p = sub.add_parser("record", help="record a trace from a Hugging Face transformers MoE model (needs the 'record' extra)")
+    p.add_argument("--model", required=True, metavar="PATH_OR_NAME", help="a local model folder, or a name in your hub cache")
+    p.add_argument("--prompts", required=True, metavar="FILE",
+                   help="prompts: text (one per line), JSONL, Parquet/CSV/Arrow, or a data set folder on disk")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (default 8)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"], help="weights as loaded (default auto: the checkpoint's)")
+    p.add_argument("--text-field", default="text", help="the prompt field of JSONL or table prompts (default text)")
+    p.add_argument("--limit", type=int, help="record at most this many prompts")
+    p.add_argument("--allow-download", action="store_true", help="let transformers download the model (default: local files only)")
+    p.set_defaults(run=_record)
     return parser
 
 
@@ -103,6 +118,28 @@ def _info(args) -> None:
     print(trace_info.format_summary(summary))
     if args.json:
         trace_info.write_json(summary, args.json)
+
+
+RECORD_INSTALL = "pip install -e '.[record]' (in a checkout) or pip install 'torch==2.13.0' 'transformers>=5.23,<6'"
+
+
+def _record(args) -> None:
+    try:
+        from traces import record
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in ("torch", "transformers"):
+            raise
+        raise InputError(f"record: needs torch and transformers, which are not installed; install them with {RECORD_INSTALL}") from None
+    prompts = load_prompts(args.prompts, args.text_field, args.limit)
+    output = _output(args.output)
+    device = record.resolve_device(args.device)
+    model, tokenizer = record.load_pretrained(args.model, args.dtype, args.allow_download)
+    summary = record.record(model, tokenizer, prompts, output, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            device=device, provenance={"prompts_file": str(args.prompts), "model_argument": args.model})
+    print(f"wrote {summary.path}: {summary.rows:,} rows, {summary.sequences:,} sequence(s), {summary.tokens:,} tokens "
+          f"({summary.prefill_tokens:,} prefill, {summary.decode_tokens:,} decode; {summary.model.name}, "
+          f"{summary.model.moe_layers} MoE layers × {summary.model.experts_per_layer} experts, top-{summary.model.top_k}) "
+          f"on {device} in {summary.seconds:.2f} s")
 
 
 def _output(path: str) -> str:

@@ -211,7 +211,7 @@ def record(
             for first in range(0, len(token_lists), batch_size):
                 batch = token_lists[first:first + batch_size]
                 ids, mask = _left_pad(batch, pad_id, model.device)
-                capture.begin(len(batch))
+                capture.begin(mask)
                 with torch.no_grad():
                     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                    pad_token_id=pad_id, use_cache=True)
@@ -233,6 +233,24 @@ def record(
             handle.remove()
     return RecordSummary(Path(output), rows, sequences, tokens, counts[PREFILL], counts[DECODE],
                          time.perf_counter() - start, shape)
+
+
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_pretrained(name: str, dtype: str = "auto", allow_download: bool = False):
+    """(model, tokenizer) from a local folder or the user's hub cache; nothing is downloaded unless allowed."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    where = "local folder or hub cache" if not allow_download else "hub"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], local_files_only=not allow_download)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=not allow_download)
+    except (OSError, ValueError, KeyError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        hint = "" if allow_download else " (nothing is downloaded without --allow-download)"
+        raise InputError(f"{name}: model: cannot load from the {where}{hint}: {text[:300]}") from None
+    return model, tokenizer
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -270,6 +288,7 @@ class _Capture:
         self.eos_ids = eos_ids
         self.speculative = speculative
         self.steps: list[_Step] = []
+        self.mask: torch.Tensor | None = None
         self.done: torch.Tensor | None = None
 
     def attach(self, model) -> list:
@@ -280,21 +299,26 @@ class _Capture:
                 handles.append(layer.previous.register_forward_hook(self._speculative_hook(j)))
         return handles
 
-    def begin(self, batch: int) -> None:
+    def begin(self, mask: torch.Tensor) -> None:
+        """A new batch; `mask` is its prompts' attention mask (left padding is 0)."""
         self.steps = []
-        self.done = torch.zeros(batch, dtype=torch.bool)
+        self.mask = mask.detach().cpu().bool()
+        self.done = torch.zeros(len(mask), dtype=torch.bool)
 
     def _on_step(self, module, args, kwargs) -> None:
+        # The mask is kept here rather than read from the call: generate() leaves it out when nothing is padded.
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        if input_ids is None or mask is None:
-            raise RuntimeError("record: generate() called the model without input_ids and attention_mask")
+        if input_ids is None:
+            raise RuntimeError("record: generate() called the model without input_ids")
         ids = input_ids.detach().cpu()
-        mask = mask.detach().cpu().bool()
         batch, width = ids.shape
-        real = mask[:, -width:]
-        positions = mask.long().cumsum(dim=1)[:, -width:] - 1
-        if self.steps:  # decode: the input is the token the previous step generated
+        if self.steps:  # decode: every sequence appends the token the previous step generated
+            self.mask = torch.cat([self.mask, torch.ones((batch, width), dtype=torch.bool)], dim=1)
+        elif width != self.mask.shape[1]:
+            raise RuntimeError(f"record: the prefill has {width} positions, the prompts {self.mask.shape[1]}")
+        real = self.mask[:, -width:]
+        positions = self.mask.long().cumsum(dim=1)[:, -width:] - 1
+        if self.steps:  # a sequence ends at an end-of-sequence token, which is not routed
             ended = torch.isin(ids[:, -1], torch.tensor(self.eos_ids, dtype=ids.dtype)) if self.eos_ids else torch.zeros(batch, dtype=torch.bool)
             self.done |= ended
             real = real & ~self.done[:, None]
