@@ -1,7 +1,7 @@
 """`moe-sim`: the Hydra app. Composes the config, validates it, runs one simulation, writes the run directory.
 
-Config groups `policy`, `model` and `hardware` are filled from the policy registry, the model presets and the
-shipped profiles (so there is one list of each); a user adds their own with `--config-dir DIR` holding
+Config groups `policy`, `prefetch`, `model` and `hardware` are filled from the registries, the model presets and
+the shipped profiles (so there is one list of each; a class's constructor defaults become its config keys); a user adds their own with `--config-dir DIR` holding
 `DIR/policy/NAME.yaml` etc. Group choices are checked before Hydra starts so a typo costs one line, not a page.
 """
 
@@ -22,22 +22,32 @@ from experiments.results import write_run
 from experiments.run import simulate
 from experiments.sweep import discard_results, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
-from policies.registry import POLICIES, policy_class
+from policies.prefetchers import PREFETCHERS
+from policies.registry import POLICIES, load_class
 from simulator.errors import InputError
 from simulator.presets import PRESETS
 
 CONF_DIR = Path(__file__).parent / "conf"
 register_resolver()  # names sweep job directories; here so that launcher worker processes have it too
-GROUPS = ("trace", "model", "hardware", "policy")
+GROUPS = ("trace", "model", "hardware", "policy", "prefetch")
+
+
+def class_node(entry: str, cls: type, skip: tuple[str, ...]) -> dict:
+    """{_target_, every constructor parameter with a default}: the keys a user may override on the command line."""
+    node = {"_target_": entry.replace(":", ".")}
+    for param in inspect.signature(cls).parameters.values():
+        if param.name not in skip and param.default is not param.empty:
+            node[param.name] = "${seed}" if param.name == "seed" else param.default
+    return node
 
 
 def register_config_groups() -> None:
     cs = ConfigStore.instance()
-    for name in POLICIES:
-        node = {"_target_": POLICIES[name].replace(":", ".")}
-        if "seed" in inspect.signature(policy_class(name)).parameters:
-            node["seed"] = "${seed}"
-        cs.store(group="policy", name=name, node=node)
+    for name, entry in POLICIES.items():
+        cs.store(group="policy", name=name, node=class_node(entry, load_class(name, POLICIES, "policy"), ("capacity",)))
+    for name, entry in PREFETCHERS.items():
+        node = {"_target_": None} if entry is None else class_node(entry, load_class(name, PREFETCHERS, "prefetch"), ("model",))
+        cs.store(group="prefetch", name=name, node={**node, "train_trace": None})
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None})
     for name in PRESETS:
         cs.store(group="model", name=name, node={"preset": name, "dtype": None})
@@ -97,7 +107,8 @@ def _run(cfg: DictConfig) -> None:
     }
     write_run(out_dir, document, result.metrics.layer_table())
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
-    print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} capacity={run.cache.capacity} ({run.cache.scope}): "
+    prefetch = f" prefetch={cfg.prefetch._target_.rsplit('.', 1)[-1]}" if cfg.prefetch._target_ else ""
+    print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} capacity={run.cache.capacity} ({run.cache.scope}){prefetch}: "
           f"hit rate {summary['hit_rate']:.4f}{timing} -> {out_dir}")
 
 

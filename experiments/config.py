@@ -51,6 +51,7 @@ class RunConfig(_Strict):
     model: ModelConfig
     hardware: HardwareConfig
     policy: dict
+    prefetch: dict = {"_target_": None}
     cache: CacheConfig
     replay: ReplayConfig
     seed: int = 0

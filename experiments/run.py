@@ -12,7 +12,8 @@ import numpy as np
 from experiments.config import RunConfig
 from hardware_profiles.schema import load_profile
 from policies.base import CachePolicy
-from policies.registry import policy_class
+from policies.prefetchers import PREFETCHERS, Prefetcher
+from policies.registry import POLICIES, load_class
 from simulator.cache import ExpertCache
 from simulator.compute import step_costs
 from simulator.errors import InputError
@@ -48,19 +49,48 @@ def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
     return model
 
 
-def policy_factory(spec: dict, seed: int) -> Callable[[int], CachePolicy]:
-    """A `capacity -> CachePolicy` factory from a Hydra-style node {_target_: module.Class, **params}."""
-    params = {k: v for k, v in spec.items() if k != "_target_"}
-    cls = policy_class(spec["_target_"])
-    if not (isinstance(cls, type) and issubclass(cls, CachePolicy)):
-        raise InputError(f"policy._target_: {spec['_target_']!r} is not a CachePolicy subclass")
+def configured_class(spec: dict, kind: str, base: type, table: dict, seed: int, skip=()) -> functools.partial:
+    """`Class(**params)` minus its leading arguments, from a Hydra-style node {_target_: module.Class, **params}."""
+    params = {k: v for k, v in spec.items() if k != "_target_" and k not in skip}
+    cls = load_class(spec["_target_"], table, kind)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise InputError(f"{kind}._target_: {spec['_target_']!r} is not a {base.__name__} subclass")
     accepted = inspect.signature(cls).parameters
     if "seed" in accepted and "seed" not in params:
         params["seed"] = seed
     unknown = [k for k in params if k not in accepted and not any(p.kind == p.VAR_KEYWORD for p in accepted.values())]
     if unknown:
-        raise InputError(f"policy.{unknown[0]}: {cls.__name__} takes no parameter {unknown[0]!r}")
+        raise InputError(f"{kind}.{unknown[0]}: {cls.__name__} takes no parameter {unknown[0]!r}")
     return functools.partial(cls, **params)
+
+
+def policy_factory(spec: dict, seed: int) -> Callable[[int], CachePolicy]:
+    """A `capacity -> CachePolicy` factory."""
+    return configured_class(spec, "policy", CachePolicy, POLICIES, seed)
+
+
+def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
+    """The configured prefetcher, trained on `prefetch.train_trace` if given; None for `prefetch=none`."""
+    if spec.get("_target_") is None:
+        return None
+    try:
+        prefetcher = configured_class(spec, "prefetch", Prefetcher, PREFETCHERS, seed, skip=("train_trace",))(model)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"prefetch: {err}") from None
+    if getattr(prefetcher, "column", "") is None:  # "the trace's only prediction column"
+        if len(trace.prediction_columns) != 1:
+            raise InputError(f"prefetch.column: {trace.path} has prediction columns {trace.prediction_columns}; name one")
+        prefetcher.column = trace.prediction_columns[0]
+        prefetcher.predictions = (prefetcher.column,)
+    train = spec.get("train_trace")
+    if train:
+        if not hasattr(prefetcher, "fit"):
+            raise InputError(f"prefetch.train_trace: {type(prefetcher).__name__} learns nothing from a trace")
+        training = TraceFile(train)
+        if training.meta.model.experts_per_layer != model.experts_per_layer or training.meta.model.moe_layers != model.moe_layers:
+            raise InputError(f"prefetch.train_trace: {train} has another model shape than {trace.path}")
+        prefetcher.fit(training.chunks())
+    return prefetcher
 
 
 def simulate(run: RunConfig, progress=None) -> RunResult:
@@ -76,7 +106,9 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
-    chunks = trace.chunks(batch_rows=run.replay.batch_rows)
+    prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
+    predictions = list(prefetcher.predictions) if prefetcher is not None else []
+    chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions)
     if cache.offline:
         # Offline policies need the whole future: the trace is held in memory once and replayed from there.
         chunks = list(chunks)
@@ -88,5 +120,5 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     timing = Timing(step_costs(model, hardware.gpu), hardware.h2d) if run.replay.timed else None
     if progress is not None:
         progress.total = trace.num_rows
-    metrics = replay(chunks, cache, timing, progress=progress.update if progress is not None else None)
+    metrics = replay(chunks, cache, timing, prefetcher=prefetcher, progress=progress.update if progress is not None else None)
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)

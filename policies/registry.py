@@ -33,12 +33,18 @@ def register(name: str, entry_point: str) -> None:
 
 
 def policy_class(name: str) -> type:
-    """The class registered as `name`, or named by a "module:Class" / "module.Class" path."""
-    entry = POLICIES.get(name, name)
+    """The cache policy class registered as `name`, or named by a "module:Class" / "module.Class" path."""
+    return load_class(name, POLICIES, "policy")
+
+
+def load_class(name: str, table: dict[str, str | None], kind: str) -> type:
+    """The class `table` registers as `name`, or named by a "module:Class" / "module.Class" path; `kind` names
+    the config key in errors."""
+    entry = table.get(name) or name
     module_name, _, attr = entry.partition(":") if ":" in entry else entry.rpartition(".")
     if not module_name or not attr:
-        raise InputError(f"policy: unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+        raise InputError(f"{kind}: unknown {kind} {name!r} (known: {', '.join(sorted(table))})")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):
-        raise InputError(f"policy: cannot import {entry!r} for policy {name!r} (known: {', '.join(sorted(POLICIES))})") from None
+        raise InputError(f"{kind}: cannot import {entry!r} for {kind} {name!r} (known: {', '.join(sorted(table))})") from None

@@ -15,6 +15,7 @@ book in non-decreasing time, as a simulation clock does.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ class Link:
         engine = engines.index(min(engines))
         start = max(transfer.ready_s, engines[engine])
         on_wire = max(start + self.spec.latency_s, self._wire_free)
-        wire_s = transfer.nbytes / self.spec.bandwidth_Bps
+        # A link of zero bandwidth never delivers: the limit in which prefetching cannot help.
+        wire_s = transfer.nbytes / self.spec.bandwidth_Bps if self.spec.bandwidth_Bps else math.inf
         end = on_wire + wire_s
         engines[engine] = end
         self._wire_free = end

@@ -21,6 +21,7 @@ the clock that further processes (NVMe queues, several sequences) will share.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ class _Replay:
     def clocked(self, env: simpy.Environment, tokens: Iterable[Token]):
         """The SimPy process: one timeout per layer step, to the step's end."""
         for end in self.steps(tokens):
+            if end == math.inf:
+                continue  # a transfer that never arrives (zero bandwidth): the clock cannot pass infinity
             yield env.timeout(end - env.now)
 
     def steps(self, tokens: Iterable[Token]) -> Iterator[float]:

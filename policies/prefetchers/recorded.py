@@ -1,0 +1,29 @@
+"""Replays a recorded predictor: the trace's `pred_<column>` holds a predictor's experts for each (token, layer).
+
+Examples: MoE-Beyond's learned predictor (imported from its predicted CSVs as `moe_beyond`) or a pre-gate
+speculative prediction (`speculative`, written by `moe-trace record`). The predictions of the current token are taken
+as known from the token's start, as for a predictor that works from the token's embedding: at the token's start the
+first `horizon` layers are requested, and after layer l's router, layers l+1..l+horizon (within the token).
+"""
+
+from policies.prefetchers.base import Prefetcher
+
+
+class RecordedPrefetcher(Prefetcher):
+    name = "recorded"
+
+    def __init__(self, model, column: str | None = None, horizon: int | None = None):
+        self.column = column
+        """None means: the trace's only prediction column (the replay's edge fills it in)."""
+        self.horizon = horizon or model.moe_layers
+        self.predictions = (column,) if column else ()
+
+    def _layers(self, view, first: int):
+        predicted = view.predictions[self.column]
+        return [(layer, e) for layer in range(first, first + self.horizon) for e in predicted.get(layer) or ()]
+
+    def at_token_start(self, view):
+        return self._layers(view, 0)
+
+    def after_router(self, view):
+        return self._layers(view, view.layer + 1)
