@@ -15,11 +15,12 @@ from pathlib import Path
 from simulator.errors import InputError
 from simulator.presets import get_preset
 from traces import info as trace_info
-from traces.importers import moe_beyond, vllm_jsonl
+from traces.importers import long_format, moe_beyond, moe_infinity_eam, moe_lrc, vllm_jsonl
 from traces.prompts import load_prompts
 from traces.synth import SynthParams, write_synthetic
 
-IMPORTERS = {"moe-beyond": moe_beyond, "vllm-jsonl": vllm_jsonl}
+IMPORTERS = {"moe-beyond": moe_beyond, "vllm-jsonl": vllm_jsonl, "moe-infinity-eam": moe_infinity_eam,
+             "moe-lrc": moe_lrc, "long": long_format}
 SYNTH_DEFAULT_MODEL = "deepseek-v2-lite"
 BAD_INPUT = 2
 
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the input format")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, or folders of them (taken in numeric name order)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
-    p.add_argument("--model", help="model preset (default: moe-beyond deepseek-v2-lite, vllm-jsonl mixtral-8x7b)")
+    p.add_argument("--model", help="model preset (default: moe-beyond and moe-infinity-eam deepseek-v2-lite, vllm-jsonl "
+                   "mixtral-8x7b; required for moe-lrc and long)")
     p.add_argument("--dtype", help="stored expert weight type, e.g. fp16 (the default), fp8, int4")
     p.set_defaults(run=_import)
 
@@ -94,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import(args) -> None:
     importer = IMPORTERS[args.format]
-    model = get_preset(args.model or importer.DEFAULT_MODEL, args.dtype)
+    name = args.model or importer.DEFAULT_MODEL
+    if name is None:
+        raise InputError(f"arguments: --model is required for --format {args.format} (its files do not name the model)")
+    model = get_preset(name, args.dtype)
     start = time.perf_counter()
     summary = importer.import_files(args.inputs, _output(args.output), model)
     for note in summary.notes:

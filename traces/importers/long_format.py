@@ -1,0 +1,219 @@
+"""A generic long format, so a user can bring routing from anywhere: one row per routed expert (one access).
+
+Columns (CSV with a header, or Parquet; other columns are ignored):
+  sequence  integer ≥ 0   sequence id
+  token     integer ≥ 0   token position within the sequence
+  layer     integer ≥ 0   MoE layer: an index 0..L-1, or the model's own layer numbers (then exactly L distinct
+                          values, mapped in ascending order to 0..L-1 and kept as the trace's moe_layer_ids)
+  expert    integer       routed expert id, 0..E-1
+  weight    number        optional gate weight
+The rows of one (sequence, token, layer) are its routed experts in router order (their order in the input).
+Several inputs are concatenated in order (then sorted); a folder stands for its .csv and .parquet files.
+
+A (sequence, token, layer) with fewer than top_k rows is padded with -1 ("no expert recorded": no access), and a
+layer missing from a token that other layers have becomes an all -1 row; both are counted in the import notes.
+More than top_k rows, a repeated expert, or a value out of range is an error naming the file, row, field and value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from simulator.errors import InputError
+from simulator.model import MoEModel
+from traces.format import TraceChunk, TraceMeta
+from traces.importers import ImportSummary, natural_key, write_chunks
+
+IMPORTER_VERSION = 1
+DEFAULT_MODEL = None
+"""No default: the rows do not name their model; `--model` is required."""
+REQUIRED = ("sequence", "token", "layer", "expert")
+OPTIONAL = ("weight",)
+SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+_INT = r"^\s*-?\d{1,10}\s*$"
+_FLOAT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$|^\s*(nan|NaN)\s*$"
+
+
+def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel | None = None) -> ImportSummary:
+    """Import long-format files into one trace."""
+    if model is None:
+        raise InputError("arguments: --model is required for --format long (the rows do not name their model)")
+    files = _expand(inputs)
+    cols = {name: [] for name in REQUIRED + OPTIONAL}
+    origin = []  # (file, first global row) to name the file and row of an error
+    has_weight = None
+    total = 0
+    for path in files:
+        table = _read(path)
+        missing = [c for c in REQUIRED if c not in table.column_names]
+        if missing:
+            raise InputError(f"{path}: header: column '{missing[0]}' is missing (has {table.column_names[:8]}; "
+                             f"needs {', '.join(REQUIRED)} and optionally weight)")
+        weight_here = "weight" in table.column_names
+        if has_weight is not None and weight_here != has_weight:
+            raise InputError(f"{path}: header: 'weight' column {'present' if weight_here else 'absent'}, unlike {files[0].name}")
+        has_weight = weight_here
+        if table.num_rows == 0:
+            raise InputError(f"{path}: rows: the file has no rows")
+        for name in REQUIRED:
+            cols[name].append(_integers(table, name, path))
+        if weight_here:
+            cols["weight"].append(_floats(table, "weight", path))
+        origin.append((path, total))
+        total += table.num_rows
+    data = {name: np.concatenate(parts) for name, parts in cols.items() if parts}
+
+    def where(row: int) -> str:
+        i = max(j for j, (_, first) in enumerate(origin) if first <= row)
+        path, first = origin[i]
+        return f"{path}: row {row - first + 1}"
+
+    L, E, k = model.moe_layers, model.experts_per_layer, model.top_k
+    for name, hi in (("sequence", 2**31 - 1), ("token", 2**31 - 1), ("layer", None), ("expert", E - 1)):
+        values = data[name]
+        bad = np.flatnonzero((values < 0) | ((values > hi) if hi is not None else False))
+        if bad.size:
+            raise InputError(f"{where(int(bad[0]))}: field '{name}': {values[bad[0]]} is outside 0..{hi if hi is not None else ''}")
+    layer_ids = np.unique(data["layer"])
+    if layer_ids.max() < L:
+        layer = data["layer"]
+        moe_layer_ids = list(range(L))
+        mapping = "layer values are MoE layer indices"
+    elif len(layer_ids) == L:
+        layer = np.searchsorted(layer_ids, data["layer"])
+        moe_layer_ids = layer_ids.tolist()
+        mapping = f"the {L} distinct layer values in ascending order became MoE layers 0..{L - 1}"
+    else:
+        row = int(np.flatnonzero(data["layer"] >= L)[0])
+        raise InputError(f"{where(row)}: field 'layer': {data['layer'][row]} is not an MoE layer index 0..{L - 1}, and the "
+                         f"input has {len(layer_ids)} distinct layer values, not {model.name}'s {L} layer numbers")
+
+    order = np.lexsort((layer, data["token"], data["sequence"]))  # stable: router order kept within a group
+    seq, tok, lay = data["sequence"][order], data["token"][order], layer[order]
+    n = len(order)
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1]) | (lay[1:] != lay[:-1])
+    starts = np.flatnonzero(new_group)
+    group = np.cumsum(new_group) - 1
+    slot = np.arange(n) - starts[group]
+    sizes = np.diff(np.append(starts, n))
+    bad = np.flatnonzero(sizes > k)
+    if bad.size:
+        g = int(bad[0])
+        raise InputError(f"{where(int(order[starts[g] + k]))}: field 'expert': (sequence {seq[starts[g]]}, token "
+                         f"{tok[starts[g]]}, layer {data['layer'][order[starts[g]]]}) has {sizes[g]} experts, "
+                         f"{model.name} routes top_k={k}")
+    experts = np.full((len(starts), k), -1, dtype=np.int16)
+    experts[group, slot] = data["expert"][order]
+    ordered = np.sort(experts, axis=1)
+    bad = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
+    if bad.size:
+        g = int(bad[0])
+        raise InputError(f"{where(int(order[starts[g]]))}: field 'expert': (sequence {seq[starts[g]]}, token "
+                         f"{tok[starts[g]]}, layer {data['layer'][order[starts[g]]]}) repeats an expert: {experts[g].tolist()}")
+
+    # Lay the groups on the full (token, layer) grid of every (sequence, token) present.
+    g_seq, g_tok, g_lay = seq[starts], tok[starts], lay[starts]
+    new_token = np.ones(len(starts), dtype=bool)
+    new_token[1:] = (g_seq[1:] != g_seq[:-1]) | (g_tok[1:] != g_tok[:-1])
+    token_index = np.cumsum(new_token) - 1
+    tokens = int(token_index[-1]) + 1
+    grid = np.full((tokens * L, k), -1, dtype=np.int16)
+    grid[token_index * L + g_lay] = experts
+    chunk = TraceChunk(
+        sequence=np.repeat(g_seq[new_token].astype(np.int32), L),
+        token=np.repeat(g_tok[new_token].astype(np.int32), L),
+        layer=np.tile(np.arange(L, dtype=np.int16), tokens),
+        experts=grid,
+    )
+    if has_weight:
+        w = np.full((len(starts), k), np.nan, dtype=np.float32)
+        w[group, slot] = data["weight"][order]
+        chunk.weights = np.full((tokens * L, k), np.nan, dtype=np.float32)
+        chunk.weights[token_index * L + g_lay] = w
+    missing_rows = tokens * L - len(starts)
+    padded = int((sizes < k).sum())
+    notes = []
+    if missing_rows or padded:
+        notes.append(f"wrote {missing_rows:,} missing (token, layer) entries as all -1 rows and padded {padded:,} "
+                     f"entries with fewer than top_k={k} experts with -1")
+    meta = TraceMeta(model=model, moe_layer_ids=moe_layer_ids, provenance={
+        "source_format": "long",
+        "importer": __name__,
+        "importer_version": IMPORTER_VERSION,
+        "files": [p.name for p in files],
+        "layer_mapping": mapping,
+        "missing_entries": missing_rows,
+        "padded_entries": padded,
+    })
+    rows, sequences, n_tokens = write_chunks(out, meta, [chunk], weights=bool(has_weight))
+    return ImportSummary(Path(out), rows, sequences, n_tokens, notes=notes)
+
+
+def _expand(inputs: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted((p for p in item.iterdir() if p.is_file() and p.name.endswith(SUFFIXES)),
+                           key=lambda p: natural_key(p.name))
+            if not found:
+                raise InputError(f"{item}: folder has no {', '.join(SUFFIXES)} files")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    if not files:
+        raise InputError("input: no input files given")
+    return files
+
+
+def _read(path: Path) -> pa.Table:
+    try:
+        if path.name.endswith((".parquet", ".pq")):
+            return pq.read_table(path)
+        text_types = {name: pa.string() for name in REQUIRED + OPTIONAL}  # our checks, our messages
+        return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=text_types, strings_can_be_null=True))
+    except (pa.ArrowException, OSError) as err:
+        text = str(err).strip().splitlines()
+        kind = "parquet" if path.name.endswith((".parquet", ".pq")) else "csv"
+        raise InputError(f"{path}: {kind}: {text[0] if text else type(err).__name__}") from None
+
+
+def _integers(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    column = table[name]
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: row {row + 1}: field '{name}': empty")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        ok = pc.match_substring_regex(column, _INT).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not an integer")
+        return pc.cast(pc.utf8_trim_whitespace(column), pa.int64()).to_numpy()
+    if not pa.types.is_integer(column.type):
+        raise InputError(f"{path}: column '{name}': type {column.type} is not an integer type")
+    return column.to_numpy().astype(np.int64)
+
+
+def _floats(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    column = table[name]
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: row {row + 1}: field '{name}': empty")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        ok = pc.match_substring_regex(column, _FLOAT).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not a number")
+        return pc.cast(pc.utf8_trim_whitespace(column), pa.float64()).to_numpy()
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        raise InputError(f"{path}: column '{name}': type {column.type} is not numeric")
+    return column.to_numpy().astype(np.float64)
