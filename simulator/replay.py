@@ -128,6 +128,8 @@ class _Replay:
         self._tokens: Iterator[Token] | None = None
         if prefetcher is not None:
             self.view = PrefetchView(model, cache, self.link, prefetcher.oracle, self._future)
+            if timing:
+                self.view.layer_compute_s = timing.costs.non_expert_s + model.top_k * timing.costs.expert_s
             cache.track_evictions = True
 
     # -- driving -------------------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class _Replay:
             if inflight.get(transfer.key) is not transfer:
                 order.popleft()  # promoted to a demand fetch meanwhile
                 continue
-            if transfer.end_s is None or transfer.end_s > now:
+            if transfer.end_s is None or transfer.end_s > now or transfer.end_s == math.inf:
                 return
             order.popleft()
             del inflight[transfer.key]

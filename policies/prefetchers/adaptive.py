@@ -2,11 +2,11 @@
 
 The predictor is a cross-layer transition chain (`TransitionPrefetcher`). The horizon — how many layers ahead it
 requests — is recomputed after every router:
-    lead    = (latency + top_n · bytes_per_expert / bandwidth) / layer_time      # layers a fetch needs to arrive
+    lead    = (latency + top_n · bytes_per_expert / bandwidth) / layer_compute_s   # layers a fetch needs to arrive
     horizon = clamp(ceil(lead · precision), 1, max_horizon)
-where layer_time is measured (moving average of the time between routers of one token) and precision is the
-measured share of predicted (layer, expert) pairs the router then chose (moving average). A slow link or a fast
-GPU pushes the horizon out; poor predictions pull it in, since far predictions are the least accurate.
+where layer_compute_s is the GPU's stall-free time per layer (`view.layer_compute_s`) and precision is the measured
+share of predicted (layer, expert) pairs the router then chose (moving average). A slow link or a fast GPU pushes
+the horizon out; poor predictions pull it in, since far predictions are the least accurate.
 Without a clock (hit-rate-only replay) the horizon stays at 1. Departure: ExpertFlow also uses intermediate hidden
 states, which a routing trace does not carry.
 """
@@ -26,8 +26,6 @@ class AdaptivePrefetcher(Prefetcher):
         self.max_horizon = max_horizon
         self.smoothing = smoothing
         self.precision = 1.0
-        self.layer_time_s: float | None = None
-        self._last_router: tuple[int, int, float] | None = None  # (position, layer, time)
         self._predicted: dict[int, set[int]] = {}  # layer -> experts predicted for the current token
 
     @property
@@ -38,7 +36,6 @@ class AdaptivePrefetcher(Prefetcher):
         self.chain.fit(chunks)
 
     def start_sequence(self) -> None:
-        self._last_router = None
         self._predicted = {}
 
     def at_token_start(self, view):
@@ -51,27 +48,16 @@ class AdaptivePrefetcher(Prefetcher):
         if guessed:
             hit = len(guessed & set(view.experts)) / len(guessed)
             self.precision += self.smoothing * (hit - self.precision)
-        self._measure_layer_time(view)
         self.chain.horizon = self._choose_horizon(view)
         requests = self.chain.after_router(view)
         for target, expert in requests:
             self._predicted.setdefault(target, set()).add(expert)
         return requests
 
-    def _measure_layer_time(self, view) -> None:
-        last = self._last_router
-        if last is not None and last[0] == view.position and last[1] == view.layer - 1:
-            elapsed = view.now_s - last[2]
-            if self.layer_time_s is None:
-                self.layer_time_s = elapsed
-            else:
-                self.layer_time_s += self.smoothing * (elapsed - self.layer_time_s)
-        self._last_router = (view.position, view.layer, view.now_s)
-
     def _choose_horizon(self, view) -> int:
         link = view.link
-        if link is None or not self.layer_time_s:
+        if link is None or not view.layer_compute_s:
             return 1
         fetch_s = link.spec.latency_s + self.chain.top_n * self.expert_bytes / link.spec.bandwidth_Bps
-        lead = fetch_s / self.layer_time_s
+        lead = fetch_s / view.layer_compute_s
         return max(1, min(self.max_horizon, math.ceil(lead * self.precision)))

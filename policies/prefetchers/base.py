@@ -37,6 +37,8 @@ class PrefetchView:
         self.cache = cache
         self.link = link
         """The host-to-device link (bandwidth, latency, queue); None in a hit-rate-only replay."""
+        self.layer_compute_s: float | None = None
+        """GPU time of one layer step without stalls (what a system measures of its own kernels); None untimed."""
         self._oracle = oracle
         self._future = future
         self.now_s = 0.0
