@@ -1,0 +1,281 @@
+"""`moe-sim-plot`: the figures of a sweep, as PNG and PDF, with one fixed colour per policy in every figure.
+
+Each figure is drawn only when the sweep has its dimension (two cache sizes for a curve, two machine profiles for
+the hardware bars, two traces for the locality figure, timed runs for times); otherwise a line says why it was
+skipped. Other config keys that vary in the sweep (trace, scope, dtype, ...) become panels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from experiments.report import load_layers, load_runs, varying  # noqa: E402
+from simulator.errors import InputError  # noqa: E402
+
+POLICY_COLOURS = {
+    "lru": "#0072B2",  # Okabe-Ito palette: distinguishable with colour-blindness and in greyscale print
+    "lfu": "#E69F00",
+    "fifo": "#009E73",
+    "random": "#999999",
+    "static": "#CC79A7",
+    "arc": "#D55E00",
+    "sieve": "#56B4E9",
+    "belady": "#000000",  # the offline bound, drawn dashed
+}
+BOUND = "belady"
+_EXTRA = sns.color_palette("dark", 10).as_hex()
+
+
+def policy_colour(name: str) -> str:
+    """The policy's fixed colour; a policy without one gets a colour from its name, so it too never changes."""
+    return POLICY_COLOURS.get(name) or _EXTRA[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(_EXTRA)]
+
+
+def policy_order(names) -> list[str]:
+    known = [p for p in POLICY_COLOURS if p in set(names) and p != BOUND]
+    rest = sorted(set(names) - set(POLICY_COLOURS))
+    return known + rest + ([BOUND] if BOUND in set(names) else [])
+
+
+def line_style(policy: str) -> dict:
+    if policy == BOUND:
+        return dict(color=policy_colour(policy), linestyle="--", linewidth=1.2, marker=None, label=f"{policy} (bound)")
+    return dict(color=policy_colour(policy), linestyle="-", linewidth=1.2, marker="o", markersize=2.5, label=policy)
+
+
+def set_style() -> None:
+    sns.set_theme(context="paper", style="ticks", font_scale=0.9, rc={
+        "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "axes.spines.top": False,
+        "axes.spines.right": False, "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,
+        "savefig.dpi": 300, "figure.dpi": 100,
+    })
+
+
+def save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def panels(table: pd.DataFrame, dims: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    if not dims:
+        return [("", table)]
+    groups = table.groupby(dims, sort=True, dropna=False)
+    return [(", ".join(f"{d}={v}" for d, v in zip(dims, key if isinstance(key, tuple) else (key,))), sub)
+            for key, sub in groups]
+
+
+def grid(n: int, ncols: int, size=(3.2, 2.4), sharey=True):
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def capacity_label(sub: pd.DataFrame) -> str:
+    scopes = set(sub["cache.scope"])
+    return "cache size (experts per layer)" if scopes == {"layer"} else "cache size (experts in all)" if scopes == {"global"} else "cache size"
+
+
+def gb_axis(ax, sub: pd.DataFrame) -> None:
+    """A top axis in GB when the panel has one model and one scope (cache_gb is proportional to capacity)."""
+    ratio = (sub["cache_gb"] / sub["cache.capacity"]).round(12)
+    if ratio.nunique() == 1:
+        k = float(ratio.iloc[0])
+        top = ax.secondary_xaxis("top", functions=(lambda c: c * k, lambda g: g / k))
+        top.set_xlabel("cache size (GB)")
+
+
+def policy_legend(fig, policies) -> None:
+    handles = [Line2D([], [], **line_style(p)) for p in policy_order(policies)]
+    fig.legend(handles=handles, loc="outside right upper", title="policy")
+
+
+def per_policy_lines(ax, sub: pd.DataFrame, y: str, scale: float = 1.0) -> None:
+    for policy in policy_order(sub["policy"].unique()):
+        data = sub[sub["policy"] == policy].groupby("cache.capacity", as_index=False)[y].mean()
+        ax.plot(data["cache.capacity"], data[y] * scale, **line_style(policy))
+
+
+# ---- the figures: each returns the paths written, or a note saying why it was skipped ------------------------------
+
+def hit_rate_vs_capacity(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    if runs["cache.capacity"].nunique() < 2:
+        return "one cache size only"
+    dims = varying(runs, {"hardware", "replay.timed"})  # hit rate does not depend on the machine
+    parts = panels(runs, dims)
+    fig, axes = grid(len(parts), 3)
+    for ax, (title, sub) in zip(axes, parts):
+        per_policy_lines(ax, sub, "hit_rate")
+        ax.set(title=title, xlabel=capacity_label(sub), ylabel="hit rate", ylim=(0, 1))
+        gb_axis(ax, sub)
+    policy_legend(fig, runs["policy"].unique())
+    return save(fig, out_dir, "hit_rate_vs_capacity")
+
+
+def stall_vs_capacity(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    timed = runs[runs["time_per_token_s"].notna()] if "time_per_token_s" in runs else runs.iloc[:0]
+    if timed.empty:
+        return "no timed run (replay.timed=false)"
+    if timed["cache.capacity"].nunique() < 2:
+        return "one cache size only"
+    timed = timed.assign(stall_per_token_s=timed["stall_time_s"] / timed["tokens"],
+                         compute_per_token_s=timed["compute_time_s"] / timed["tokens"])
+    parts = panels(timed, varying(timed, {"replay.timed"}))
+    fig, axes = plt.subplots(len(parts), 2, figsize=(6.4, 2.0 * len(parts) + 0.5), squeeze=False, sharex=True,
+                             layout="constrained")
+    for row, (title, sub) in zip(axes, parts):
+        per_policy_lines(row[0], sub, "stall_per_token_s", 1e3)
+        per_policy_lines(row[1], sub, "time_per_token_s", 1e3)
+        floor = sub["compute_per_token_s"].mean() * 1e3
+        row[1].axhline(floor, color="0.5", linestyle=":", linewidth=1)
+        row[1].annotate("compute only", (0.02, floor), xycoords=("axes fraction", "data"), ha="left", va="bottom",
+                        fontsize="small", color="0.4")
+        for ax, label in zip(row, ["stall per token (ms)", "time per token (ms)"]):
+            ax.set(ylabel=label, title=title)
+            ax.set_ylim(bottom=0)
+    for ax in axes[-1]:
+        ax.set_xlabel(capacity_label(timed))
+    for ax in axes[0]:
+        gb_axis(ax, timed)
+    policy_legend(fig, timed["policy"].unique())
+    return save(fig, out_dir, "stall_and_time_vs_capacity")
+
+
+def hardware_bars(runs: pd.DataFrame, out_dir: Path, max_capacities: int = 3, **_) -> list[Path] | str:
+    timed = runs[runs["time_per_token_s"].notna()] if "time_per_token_s" in runs else runs.iloc[:0]
+    if timed["hardware"].nunique() < 2 if len(timed) else True:
+        return "fewer than two machine profiles with timed runs"
+    capacities = sorted(timed["cache.capacity"].unique())
+    if len(capacities) > max_capacities:
+        picks = [capacities[round(i * (len(capacities) - 1) / (max_capacities - 1))] for i in range(max_capacities)]
+        print(f"  hardware bars: {len(capacities)} cache sizes in the sweep, drawing {picks}")
+        timed = timed[timed["cache.capacity"].isin(picks)]
+    parts = panels(timed, [*varying(timed, {"hardware", "replay.timed"}), "cache.capacity"])
+    order = timed.groupby("hardware")["time_per_token_s"].mean().sort_values(ascending=False).index.tolist()
+    policies = policy_order(timed["policy"].unique())
+    width = 0.8 / len(policies)
+    fig, axes = grid(len(parts), 3, size=(0.4 * len(order) + 1.0, 2.6), sharey=True)
+    for ax, (title, sub) in zip(axes, parts):
+        for j, policy in enumerate(policies):
+            data = sub[sub["policy"] == policy].groupby("hardware").mean(numeric_only=True).reindex(order)
+            x = np.arange(len(order)) + (j - (len(policies) - 1) / 2) * width
+            total = data["time_per_token_s"] * 1e3
+            compute = data["compute_time_s"] / data["tokens"] * 1e3
+            ax.bar(x, total, width, color=policy_colour(policy), edgecolor="white", linewidth=0.3)
+            ax.bar(x, compute, width, color="white", alpha=0.55, hatch="////", edgecolor="0.3", linewidth=0)
+        ax.set_xticks(np.arange(len(order)), order, rotation=35, ha="right")
+        ax.set(title=title, ylabel="time per token (ms)", xlabel="")
+    handles = [Patch(color=policy_colour(p), label=p) for p in policies]
+    handles.append(Patch(facecolor="white", hatch="////", edgecolor="0.3", label="compute share"))
+    fig.legend(handles=handles, loc="outside right upper", title="policy")
+    return save(fig, out_dir, "hardware_time_per_token")
+
+
+def per_layer_heatmap(runs: pd.DataFrame, out_dir: Path, sweep_dir: Path, **_) -> list[Path] | str:
+    # the machine does not change hits: one profile's runs stand for all
+    runs = runs[runs["hardware"] == sorted(runs["hardware"].unique())[0]]
+    layers = load_layers(sweep_dir, runs)
+    if layers.empty:
+        return "no per_layer.parquet in the sweep"
+    dims = varying(runs, {"hardware", "replay.timed"})
+    by_capacity = runs["cache.capacity"].nunique() >= 2
+    layers = layers.merge(runs[["run", *[d for d in dims if d not in layers]]], on="run")
+    parts = panels(layers, [*dims, "policy"] if by_capacity else dims)
+    policies = policy_order(layers["policy"].unique())
+    ncols = 3
+    if by_capacity:  # a panel per policy (layer × capacity); a row per value of the other varying keys
+        parts.sort(key=lambda p: (p[0].rsplit("policy=", 1)[0], policies.index(p[1]["policy"].iloc[0])))
+        ncols = len(policies) if dims else 3
+    n_layers = layers["layer"].nunique()
+    fig, axes = grid(len(parts), ncols, size=(3.0, 0.11 * n_layers + 1.0), sharey=False)
+    for ax, (title, sub) in zip(axes, parts):
+        column = "cache.capacity" if by_capacity else "policy"
+        table = sub.pivot_table(index="layer", columns=column, values="hit_rate", aggfunc="mean")
+        if not by_capacity:
+            table = table[policy_order(table.columns)]
+        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=False, square=False,
+                    xticklabels=max(1, table.shape[1] // 12), yticklabels=max(1, n_layers // 13))
+        ax.set(title=title, xlabel=capacity_label(sub) if by_capacity else "policy", ylabel="MoE layer")
+        ax.tick_params(axis="both", labelsize="x-small")
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="viridis"), ax=axes, label="hit rate",
+                 shrink=0.6)
+    return save(fig, out_dir, "per_layer_hit_rate")
+
+
+def locality_across_traces(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    if runs["trace"].nunique() < 2:
+        return "one trace only"
+    if runs["cache.capacity"].nunique() < 2:
+        return "one cache size only"
+    dims = [d for d in varying(runs, {"hardware", "replay.timed"}) if d not in ("trace", "trace.path")]
+    policies = policy_order(runs["policy"].unique())
+    parts = panels(runs, [*dims, "policy"])
+    parts.sort(key=lambda p: policies.index(p[1]["policy"].iloc[0]))
+    traces = sorted(runs["trace"].unique())
+    colours = dict(zip(traces, sns.color_palette("Set2", len(traces))))
+    fig, axes = grid(len(parts), 3)
+    for ax, (title, sub) in zip(axes, parts):
+        for trace in traces:
+            data = sub[sub["trace"] == trace].groupby("cache.capacity", as_index=False)["hit_rate"].mean()
+            ax.plot(data["cache.capacity"], data["hit_rate"], marker="o", markersize=2.5, color=colours[trace], label=trace)
+        ax.set(title=title, xlabel=capacity_label(sub), ylabel="hit rate", ylim=(0, 1))
+    handles = [Line2D([], [], color=colours[t], marker="o", markersize=2.5, label=t) for t in traces]
+    fig.legend(handles=handles, loc="outside right upper", title="trace")
+    return save(fig, out_dir, "locality_across_traces")
+
+
+FIGURES: dict[str, Callable] = {
+    "hit_rate_vs_capacity": hit_rate_vs_capacity,
+    "stall_and_time_vs_capacity": stall_vs_capacity,
+    "hardware_time_per_token": hardware_bars,
+    "per_layer_hit_rate": per_layer_heatmap,
+    "locality_across_traces": locality_across_traces,
+}
+
+
+def plot_sweep(sweep_dir: Path, out_dir: Path) -> dict[str, list[Path] | str]:
+    """Every figure the sweep supports; returns figure name -> files written, or the reason it was skipped."""
+    set_style()
+    runs = load_runs(sweep_dir)
+    return {name: draw(runs, out_dir, sweep_dir=Path(sweep_dir)) for name, draw in FIGURES.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="moe-sim-plot", description="Draw the figures of a sweep (PNG and PDF).")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the figures (default SWEEP_DIR/figures)")
+    args = parser.parse_args(argv)
+    out = args.out or args.sweep_dir / "figures"
+    try:
+        results = plot_sweep(args.sweep_dir, out)
+    except InputError as err:
+        print(f"moe-sim-plot: {err}", file=sys.stderr)
+        sys.exit(2)
+    for name, result in results.items():
+        print(f"{name}: " + (", ".join(str(p) for p in result) if isinstance(result, list) else f"skipped ({result})"))
+
+
+if __name__ == "__main__":
+    main()
