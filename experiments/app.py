@@ -22,6 +22,7 @@ from experiments.results import write_run
 from experiments.run import simulate
 from experiments.sweep import discard_results, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
+from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES, load_class
 from simulator.errors import InputError
@@ -29,7 +30,7 @@ from simulator.presets import PRESETS
 
 CONF_DIR = Path(__file__).parent / "conf"
 register_resolver()  # names sweep job directories; here so that launcher worker processes have it too
-GROUPS = ("trace", "model", "hardware", "policy", "prefetch")
+GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss")
 
 
 def class_node(entry: str, cls: type, skip: tuple[str, ...]) -> dict:
@@ -44,10 +45,13 @@ def class_node(entry: str, cls: type, skip: tuple[str, ...]) -> dict:
 def register_config_groups() -> None:
     cs = ConfigStore.instance()
     for name, entry in POLICIES.items():
-        cs.store(group="policy", name=name, node=class_node(entry, load_class(name, POLICIES, "policy"), ("capacity",)))
+        cs.store(group="policy", name=name, node=class_node(entry, load_class(name, POLICIES, "policy"), ("capacity", "top_k")))
     for name, entry in PREFETCHERS.items():
         node = {"_target_": None} if entry is None else class_node(entry, load_class(name, PREFETCHERS, "prefetch"), ("model",))
         cs.store(group="prefetch", name=name, node={**node, "train_trace": None})
+    for name, entry in MISS_HANDLERS.items():
+        node = {"_target_": None} if entry is None else class_node(entry, load_class(name, MISS_HANDLERS, "miss"), ())
+        cs.store(group="miss", name=name, node=node)
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None})
     for name in PRESETS:
         cs.store(group="model", name=name, node={"preset": name, "dtype": None})

@@ -52,6 +52,7 @@ class RunConfig(_Strict):
     hardware: HardwareConfig
     policy: dict
     prefetch: dict = {"_target_": None}
+    miss: dict = {"_target_": None}
     cache: CacheConfig
     replay: ReplayConfig
     seed: int = 0

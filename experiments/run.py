@@ -12,10 +12,11 @@ import numpy as np
 from experiments.config import RunConfig
 from hardware_profiles.schema import load_profile
 from policies.base import CachePolicy
+from policies.miss_handling import MISS_HANDLERS, MissHandler
 from policies.prefetchers import PREFETCHERS, Prefetcher
 from policies.registry import POLICIES, load_class
 from simulator.cache import ExpertCache
-from simulator.compute import step_costs
+from simulator.compute import miss_costs, step_costs
 from simulator.errors import InputError
 from simulator.hardware import HardwareProfile
 from simulator.metrics import Metrics
@@ -64,9 +65,25 @@ def configured_class(spec: dict, kind: str, base: type, table: dict, seed: int, 
     return functools.partial(cls, **params)
 
 
-def policy_factory(spec: dict, seed: int) -> Callable[[int], CachePolicy]:
-    """A `capacity -> CachePolicy` factory."""
-    return configured_class(spec, "policy", CachePolicy, POLICIES, seed)
+def policy_factory(spec: dict, seed: int, model: MoEModel) -> Callable[[int], CachePolicy]:
+    """A `capacity -> CachePolicy` factory; a `top_k` parameter, if the class has one, comes from the model."""
+    factory = configured_class(spec, "policy", CachePolicy, POLICIES, seed)
+    if "top_k" in inspect.signature(factory.func).parameters and "top_k" not in factory.keywords:
+        factory = functools.partial(factory, top_k=model.top_k)
+    return factory
+
+
+def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | None:
+    """The configured miss handler; None for `miss=load` (wait for every missed expert)."""
+    if spec.get("_target_") is None:
+        return None
+    try:
+        handler = configured_class(spec, "miss", MissHandler, MISS_HANDLERS, seed)()
+    except (TypeError, ValueError) as err:
+        raise InputError(f"miss: {err}") from None
+    if handler.needs_weights and not trace.has_weights:
+        raise InputError(f"miss={handler.name}: {trace.path} has no 'weights' column (gate weights are needed)")
+    return handler
 
 
 def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
@@ -100,15 +117,17 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     model = resolve_model(trace, run)
     hardware = load_profile(run.hardware.profile)
     cache = ExpertCache(
-        policy_factory(run.policy, run.seed),
+        policy_factory(run.policy, run.seed, model),
         run.cache.capacity,
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
+    miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
-    chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions)
+    weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights)
+    chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions, weights=weights)
     if cache.offline:
         # Offline policies need the whole future: the trace is held in memory once and replayed from there.
         chunks = list(chunks)
@@ -120,5 +139,13 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     timing = Timing(step_costs(model, hardware.gpu), hardware.h2d) if run.replay.timed else None
     if progress is not None:
         progress.total = trace.num_rows
-    metrics = replay(chunks, cache, timing, prefetcher=prefetcher, progress=progress.update if progress is not None else None)
+    metrics = replay(
+        chunks,
+        cache,
+        timing,
+        prefetcher=prefetcher,
+        miss_handler=miss_handler,
+        miss_costs=miss_costs(model, hardware) if miss_handler is not None else None,
+        progress=progress.update if progress is not None else None,
+    )
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)

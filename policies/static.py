@@ -3,7 +3,8 @@
 `capacity - step_size` of the trace's most used keys (counted offline over the whole stream, as Fiddler profiles
 popularity ahead of serving) are pinned once loaded and never evicted. Every other expert still has to be on the GPU
 to compute, so it goes through `step_size` staging slots, evicted least-recently-used. The cache starts empty: a
-pinned expert is loaded on its first use, like any other.
+pinned expert is loaded on its first use, like any other — unless `preload` is set, in which case the pinned
+experts are on the GPU from the start, loaded before serving as Fiddler does (no access, no transfer is counted).
 """
 
 from collections import Counter, OrderedDict
@@ -15,8 +16,9 @@ class StaticCache(CachePolicy):
     name = "static"
     offline = True
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, preload: bool = False):
         super().__init__(capacity)
+        self.preload = preload
         self.resident: set[int] = set()
         self._pinned: frozenset[int] = frozenset()
         self._staging: OrderedDict[int, None] = OrderedDict()  # unpinned residents, oldest use first
@@ -25,6 +27,8 @@ class StaticCache(CachePolicy):
         counts = Counter(keys.tolist())
         ranked = sorted(counts, key=lambda key: (-counts[key], key))
         self._pinned = frozenset(ranked[: max(self.capacity - step_size, 0)])
+        if self.preload:
+            self.resident |= self._pinned
 
     def hit(self, key):
         if key in self._staging:

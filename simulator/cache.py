@@ -137,6 +137,26 @@ class ExpertCache:
                 misses.append(key - offset)
         return misses
 
+    @property
+    def uses_gate_weights(self) -> bool:
+        return getattr(self.policies[0], "uses_gate_weights", False)
+
+    def observe_gates(self, layer: int, experts: list[int], weights: list[float]) -> None:
+        """Tell a policy that reads gate weights (FineMoE) the router's weights of this step, before the step."""
+        policy, offset = self.policies[layer], self.offsets[layer]
+        for expert, weight in zip(experts, weights):
+            policy.observe_gate(offset + expert, weight)
+
+    def mark_prefetch_candidates(self, pairs: list[tuple[int, int]]) -> None:
+        """Tell policies that protect prefetch candidates (MoE-Infinity) the prefetcher's latest (layer, expert)s."""
+        if not hasattr(self.policies[0], "prefetch_candidates"):
+            return
+        if self.scope == "global":
+            self.policies[0].prefetch_candidates = {self.offsets[layer] + e for layer, e in pairs}
+        else:
+            for layer, policy in enumerate(self.policies):
+                policy.prefetch_candidates = {e for l, e in pairs if l == layer}
+
     def is_resident(self, layer: int, expert: int) -> bool:
         return self.offsets[layer] + expert in self.policies[layer].resident
 

@@ -11,10 +11,13 @@ class LayerCounters:
     hits: list[int]
     stall_s: list[float]
     bytes_h2d: list[int]
+    """Bytes of demand fetches (prefetched bytes are counted for the whole run only)."""
+    prefetch_useful: list[int]
+    prefetch_late: list[int]
 
     @classmethod
     def zeros(cls, layers: int) -> "LayerCounters":
-        return cls([0] * layers, [0] * layers, [0.0] * layers, [0] * layers)
+        return cls([0] * layers, [0] * layers, [0.0] * layers, [0] * layers, [0] * layers, [0] * layers)
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Metrics:
     transfers_h2d: int = 0
     h2d_busy_s: float = 0.0
     h2d_busy_prefetch_s: float = 0.0
+    cpu_executed: int = 0
+    approximated_low_precision: int = 0
+    approximated_skipped: int = 0
     timed: bool = False
     prefetch: PrefetchCounters = field(default_factory=PrefetchCounters)
     per_layer: LayerCounters = field(default_factory=lambda: LayerCounters.zeros(0))
@@ -86,6 +92,10 @@ class Metrics:
             "h2d_utilisation_demand": t((self.h2d_busy_s - self.h2d_busy_prefetch_s) / total if total else 0.0),
             "h2d_utilisation_prefetch": t(self.h2d_busy_prefetch_s / total if total else 0.0),
             "hits_demand": self.hits - p.useful,
+            "cpu_executed": self.cpu_executed,
+            "approximated_accesses": self.approximated_low_precision + self.approximated_skipped,
+            "approximated_low_precision": self.approximated_low_precision,
+            "approximated_skipped": self.approximated_skipped,
             "prefetch_issued": p.issued,
             "prefetch_useful": p.useful,
             "prefetch_late": p.late,
@@ -107,4 +117,6 @@ class Metrics:
             "hit_rate": [h / a if a else 0.0 for a, h in zip(p.accesses, p.hits)],
             "stall_time_s": p.stall_s if self.timed else [None] * len(p.accesses),
             "bytes_h2d": p.bytes_h2d,
+            "prefetch_useful": p.prefetch_useful,
+            "prefetch_late": p.prefetch_late,
         }

@@ -30,7 +30,8 @@ import simpy
 
 from policies.prefetchers.base import Prefetcher, PrefetchView
 from simulator.cache import ExpertCache
-from simulator.compute import StepCosts
+from policies.miss_handling import CPU, LOAD, LOW_PRECISION, SKIP, MissHandler
+from simulator.compute import MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
 from simulator.link import Link, Transfer
@@ -54,6 +55,7 @@ class Token:
     position: int
     layers: list[int]
     experts: list[list[int]]
+    weights: list[list[float]] | None
     predictions: dict[str, list]
 
 
@@ -63,16 +65,21 @@ def replay(
     timing: Timing | None = None,
     *,
     prefetcher: Prefetcher | None = None,
+    miss_handler: MissHandler | None = None,
+    miss_costs: MissCosts | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
     Offline policies (Belady, Static) must have been given the same rows through `cache.prepare` first; they cannot
-    take prefetches (their view of the future is the demand stream).
+    take prefetches (their view of the future is the demand stream). A `miss_handler` needs `miss_costs`; chunks
+    must carry gate weights if the handler or the cache policy reads them.
     """
     if prefetcher is not None and cache.offline:
         raise InputError("prefetch: offline cache policies (belady, static) cannot take prefetched experts")
-    run = _Replay(cache, timing, prefetcher)
+    if miss_handler is not None and miss_costs is None:
+        raise ValueError("a miss handler needs miss_costs")
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs)
     tokens = _tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -90,16 +97,22 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
     for chunk in chunks:
         names = list(chunk.predictions)
         columns = [chunk.predictions[n] for n in names]
-        rows = zip(chunk.sequence.tolist(), chunk.token.tolist(), chunk.layer.tolist(), chunk.experts.tolist(), *columns)
-        for sequence, position, layer, experts, *predicted in rows:
+        with_weights = chunk.weights is not None
+        weights = chunk.weights.tolist() if with_weights else [None] * len(chunk)
+        rows = zip(chunk.sequence.tolist(), chunk.token.tolist(), chunk.layer.tolist(), chunk.experts.tolist(), weights, *columns)
+        for sequence, position, layer, experts, gate, *predicted in rows:
             if -1 in experts:
+                if with_weights:
+                    gate = [w for e, w in zip(experts, gate) if e >= 0]
                 experts = [e for e in experts if e >= 0]
             if current is None or position != current.position or sequence != current.sequence:
                 if current is not None:
                     yield current
-                current = Token(sequence, position, [], [], {n: [] for n in names})
+                current = Token(sequence, position, [], [], [] if with_weights else None, {n: [] for n in names})
             current.layers.append(layer)
             current.experts.append(experts)
+            if with_weights:
+                current.weights.append(gate)
             for name, value in zip(names, predicted):
                 current.predictions[name].append(value)
         if progress is not None:
@@ -109,12 +122,16 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
 
 
 class _Replay:
-    def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None):
+    def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None,
+                 miss_handler: MissHandler | None, miss_costs: MissCosts | None):
         model = cache.model
         self.cache = cache
         self.timing = timing
         self.link = Link(timing.h2d) if timing else None
         self.prefetcher = prefetcher
+        self.miss_handler = miss_handler
+        self.miss_costs = miss_costs
+        self.cpu_free = 0.0  # when the CPU finishes the experts it was given (Fiddler-style execution)
         self.expert_bytes = model.bytes_per_expert
         self.experts_per_layer = model.experts_per_layer
         self.metrics = Metrics(timed=timing is not None, per_layer=LayerCounters.zeros(model.moe_layers))
@@ -163,8 +180,9 @@ class _Replay:
             metrics.tokens += 1
             if prefetcher is not None:
                 self._begin_token(token, previous)
-            for index, (layer, experts) in enumerate(zip(token.layers, token.experts)):
-                self._layer_step(layer, experts, index == 0 and prefetcher is not None)
+            weights = token.weights or [None] * len(token.layers)
+            for index, (layer, experts, gate) in enumerate(zip(token.layers, token.experts, weights)):
+                self._layer_step(layer, experts, gate, index == 0 and prefetcher is not None)
                 yield self.now
             if prefetcher is not None:
                 previous = dict(zip(token.layers, token.experts))
@@ -201,7 +219,7 @@ class _Replay:
         view.previous_routing = previous
         view.predictions = {name: dict(zip(token.layers, rows)) for name, rows in token.predictions.items()}
 
-    def _layer_step(self, layer: int, experts: list[int], token_start: bool) -> None:
+    def _layer_step(self, layer: int, experts: list[int], weights: list[float] | None, token_start: bool) -> None:
         metrics, timing, cache = self.metrics, self.timing, self.cache
         if token_start:
             view = self.view
@@ -210,33 +228,43 @@ class _Replay:
         t_router = self.now + timing.costs.non_expert_s if timing else 0.0
         if self.inflight:
             self._land(t_router, layer, experts)
-        misses = cache.access(layer, experts)
+        if weights is not None and cache.uses_gate_weights:
+            cache.observe_gates(layer, experts, weights)
         k = len(experts)
         base = layer * self.experts_per_layer
+        expert_s = timing.costs.expert_s if timing else 0.0
+        arrivals = []  # (arrival, GPU compute it then needs) of every expert not resident at the router
+        demand_bytes = 0  # bytes this step starts as demand fetches
+        loaded = experts
+        if self.miss_handler is not None:
+            loaded, handled = self._triage(layer, experts, weights)
+            for action, fraction in handled:
+                demand_bytes += self._handle_miss(action, fraction, t_router, arrivals, expert_s)
+        misses = cache.access(layer, loaded)
         if self.unused:
-            self._count_useful(base, experts, misses)
-        arrivals = []
-        demand = 0  # transfers this step starts as demand fetches
+            self._count_useful(layer, experts, misses)
         for expert in misses:
             transfer = self.inflight.pop(base + expert, None) if self.inflight else None
             if transfer is not None:
                 self.prefetch.late += 1
+                metrics.per_layer.prefetch_late[layer] += 1
                 if timing:
                     self.link.advance(t_router)
-                    demand += transfer.end_s is None  # still queued: it goes as a demand fetch
+                    if transfer.end_s is None:  # still queued: it goes as a demand fetch
+                        demand_bytes += self.expert_bytes
                     arrival = self.link.promote(transfer, t_router)
                     self.prefetch.late_wait_s += arrival - t_router
-                    arrivals.append(arrival)
+                    arrivals.append((arrival, expert_s))
             else:
-                demand += 1
+                demand_bytes += self.expert_bytes
                 if timing:
-                    arrivals.append(self.link.transfer(t_router, self.expert_bytes))
+                    arrivals.append((self.link.transfer(t_router, self.expert_bytes), expert_s))
         if cache.evicted:
             self._count_evictions()
         per_layer = metrics.per_layer
         per_layer.accesses[layer] += k
-        per_layer.hits[layer] += k - len(misses)
-        per_layer.bytes_h2d[layer] += demand * self.expert_bytes
+        per_layer.hits[layer] += len(loaded) - len(misses)
+        per_layer.bytes_h2d[layer] += demand_bytes
         metrics.layer_steps += 1
         if self.prefetcher is not None:
             view = self.view
@@ -245,24 +273,68 @@ class _Replay:
             view.token_routing[layer] = experts
             self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
         if timing:
-            expert_s = timing.costs.expert_s
-            gpu = t_router + (k - len(misses)) * expert_s
+            compute = (len(loaded) - len(misses)) * expert_s
+            gpu = t_router + compute
             stall = 0.0
-            for arrival in sorted(arrivals):
+            for arrival, compute_s in sorted(arrivals):
                 if arrival > gpu:
                     stall += arrival - gpu
                     gpu = arrival
-                gpu += expert_s
-            metrics.compute_time_s += timing.costs.non_expert_s + k * expert_s
+                gpu += compute_s
+                compute += compute_s
+            metrics.compute_time_s += timing.costs.non_expert_s + compute
             metrics.stall_time_s += stall
             per_layer.stall_s[layer] += stall
             self.now = gpu
+
+    # -- miss handling -------------------------------------------------------------------------------------------
+
+    def _triage(self, layer: int, experts: list[int], weights):
+        """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
+        and the misses the handler deals with otherwise: (kept experts, [(action, byte fraction)])."""
+        cache, handler, costs = self.cache, self.miss_handler, self.miss_costs
+        base = layer * self.experts_per_layer
+        kept, handled = [], []
+        for rank, expert in enumerate(experts):
+            if cache.is_resident(layer, expert) or base + expert in self.inflight:
+                kept.append(expert)
+                continue
+            action, fraction = handler.decide(layer, expert, rank, weights[rank] if weights else None, costs)
+            if action == LOAD:
+                kept.append(expert)
+            else:
+                handled.append((action, fraction))
+        return kept, handled
+
+    def _handle_miss(self, action: str, fraction: float, t_router: float, arrivals: list, expert_s: float) -> int:
+        """Count and time one handled miss; returns the bytes it puts on the link."""
+        counters = self.metrics
+        if action == SKIP:
+            counters.approximated_skipped += 1
+            return 0
+        if action == CPU:
+            counters.cpu_executed += 1
+            if self.timing:
+                half_trip = self.miss_costs.activation_round_trip_s / 2
+                start = max(t_router + half_trip, self.cpu_free)
+                self.cpu_free = start + self.miss_costs.cpu_expert_s
+                arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
+            return 0
+        if action == LOW_PRECISION:
+            counters.approximated_low_precision += 1
+            nbytes = int(round(self.expert_bytes * fraction))
+            if self.timing:
+                arrivals.append((self.link.transfer(t_router, nbytes), expert_s))
+            return nbytes
+        raise ValueError(f"miss handler returned unknown action {action!r}")
 
     # -- prefetch bookkeeping ------------------------------------------------------------------------------------
 
     def _issue(self, requests, ready_s: float, step_layer: int, step_experts: list[int]) -> None:
         """Queue the prefetcher's requests (priority order); without a clock they land at once."""
         cache, per = self.cache, self.experts_per_layer
+        requests = list(requests)
+        cache.mark_prefetch_candidates(requests)
         for layer, expert in requests:
             key = layer * per + expert
             if key in self.inflight or cache.is_resident(layer, expert):
@@ -300,13 +372,15 @@ class _Replay:
         if self.cache.evicted:
             self._count_evictions()
 
-    def _count_useful(self, base: int, experts: list[int], misses: list[int]) -> None:
+    def _count_useful(self, layer: int, experts: list[int], misses: list[int]) -> None:
         unused = self.unused
+        base = layer * self.experts_per_layer
         for expert in experts:
             key = base + expert
             if key in unused and expert not in misses:
                 unused.discard(key)
                 self.prefetch.useful += 1
+                self.metrics.per_layer.prefetch_useful[layer] += 1
 
     def _count_evictions(self) -> None:
         evicted = self.cache.evicted

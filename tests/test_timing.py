@@ -4,7 +4,7 @@ import pytest
 
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
-from simulator.compute import StepCosts, roofline_s
+from simulator.compute import StepCosts, gpu_s
 from simulator.hardware import GPUSpec, LinkSpec
 from simulator.link import Link
 from simulator.replay import Timing, replay
@@ -86,6 +86,7 @@ def test_hit_rate_only_replay_counts_the_same_as_timed():
 def test_roofline_is_memory_bound_at_batch_one():
     gpu = GPUSpec("toy", memory_bytes=1, memory_bandwidth_Bps=1000.0, flops=1e6, kernel_overhead_s=0.5)
     # 100 params × 2 bytes / 1000 B/s = 0.2 s  vs  2·100 FLOP / 1e6 = 0.0002 s.
-    assert roofline_s(100, 2.0, gpu) == pytest.approx(0.5 + 0.2)
+    model = toy_model(param_bytes=2.0)
+    assert gpu_s(100, model, gpu) == pytest.approx(0.5 + 0.2)
     # At 10,000 tokens the FLOPs dominate: 2·100·1e4 / 1e6 = 2 s.
-    assert roofline_s(100, 2.0, gpu, tokens=10_000) == pytest.approx(0.5 + 2.0)
+    assert gpu_s(100, model, gpu, tokens=10_000) == pytest.approx(0.5 + 2.0)

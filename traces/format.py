@@ -238,14 +238,19 @@ class TraceFile:
     def num_rows(self) -> int:
         return self._file.metadata.num_rows
 
-    def chunks(self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False) -> Iterator[TraceChunk]:
-        """Stream the trace in row order. `extras` adds weights, token ids and phase where present."""
+    def chunks(
+        self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False
+    ) -> Iterator[TraceChunk]:
+        """Stream the trace in row order. `weights` adds gate weights, `extras` weights, token ids and phase, where
+        present."""
         for name in predictions:
             if name not in self.prediction_columns:
                 raise InputError(f"{self.path}: prediction column '{PREDICTION_PREFIX}{name}' is missing (has: {self.prediction_columns})")
         columns = list(REQUIRED_COLUMNS) + [PREDICTION_PREFIX + n for n in predictions]
         if extras:
             columns += [c for c, present in (("weights", self.has_weights), ("token_id", self.has_token_id), ("phase", self.has_phase)) if present]
+        elif weights and self.has_weights:
+            columns.append("weights")
         last = None
         row = 0
         try:
