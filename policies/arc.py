@@ -3,10 +3,11 @@
 Two LRU lists of resident keys, T1 (seen once recently) and T2 (seen at least twice), and two ghost lists of
 evicted keys, B1 and B2; a target size p for T1 moves up on a B1 ghost hit and down on a B2 ghost hit, so the cache
 leans towards recency or frequency as the stream asks. Written from the paper's pseudo-code (cases I–IV and REPLACE):
-p is real-valued and grows by max(1, |B2|/|B1|) as in the paper, where libCacheSim's ARC.c rounds that ratio down
-to an integer. Departure for the GPU: REPLACE takes the least recently used key of the list it chose that is not
-`protected` (an expert of the current layer step); when every resident key of that list is protected, it takes the
-other list's. A victim goes to its list's ghost as usual. Sizes are counted in keys, so ARC works from one slot up.
+p is real-valued and moves by max(1, |B2|/|B1|) as in the paper (libCacheSim's ARC.c rounds the ratio down); on our
+test streams the hits equal libCacheSim's at every size. Departure for the GPU: REPLACE takes the least recently
+used key of the list it chose that is not `protected` (an expert of the current layer step); when every resident
+key of that list is protected, it takes the other list's. A victim goes to its list's ghost as usual. Sizes are
+counted in keys, so ARC works from one slot up.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def layer_capacities(
     if min_slots < 0 or max_slots < min_slots:
         raise ValueError(f"need 0 <= min_slots <= max_slots, got {min_slots} and {max_slots}")
     if layers * min_slots > total_slots:
-        raise ValueError(f"{layers} layers of at least {min_slots} slots need {layers * min_slots} > {total_slots} slots")
+        need = layers * min_slots
+        raise ValueError(f"{layers} layers of at least {min_slots} slots need {need} > {total_slots} slots")
     for layer, curve in enumerate(miss_curves):
         if len(curve) <= min_slots:
             raise ValueError(f"miss curve of layer {layer} has no value for {min_slots} slots")

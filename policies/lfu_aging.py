@@ -1,4 +1,4 @@
-"""LFU with ageing: evict the fewest uses, where every `period` accesses all counts are halved; ties go to the least recent.
+"""LFU with ageing: evict the fewest uses, all counts halved every `period` accesses; ties go to the least recent.
 
 Plain LFU collapses on MoE routing because counts never fade: yesterday's experts pin the cache (REFERENCE.md §4:
 LFU hit .039 against LRU .265 on the DeepSeek-V2-Lite stream). Halving every count at fixed intervals is TinyLFU's

@@ -8,8 +8,10 @@ LIR key's, so it becomes LIR and the bottom LIR key becomes HIR (to the end of Q
 new key is LIR. Written from the paper's description; S is not bounded (the paper's form: at most one entry per
 expert of the layer or model, a few thousand at most), where libCacheSim's LIRS.c caps it at 2 × capacity entries.
 Departure for the GPU: the victim is the first key of Q that is not `protected` (the current layer step's
-experts); if every key of Q is protected, the bottom-most unprotected LIR key of S leaves the cache, and the LIR set
-is one short until an HIR key earns the place back.
+experts); if every key of Q is protected, the bottom-most unprotected LIR key of S leaves the cache (and S), and the
+next new key takes its LIR place. libCacheSim's LIRS.c gives different hits, from two departures of its own that we
+traced by porting it: a hit on a resident HIR key that is no longer in S demotes the bottom LIR key (and, with Q
+full, evicts Q's front on a hit), and its S is capped; without those two, the port's hits equal ours exactly.
 """
 
 from __future__ import annotations

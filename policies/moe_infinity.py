@@ -1,20 +1,18 @@
 """MoE-Infinity's expert cache (Xue et al., arXiv 2401.14361; code github.com/TorchMoE/MoE-Infinity, now EfficientMoE).
 
-Read from the code, not the paper (only its abstract was at hand): `ArcherTaskPool::RemoveCachedSparseNode`
-(core/prefetch/task_scheduler.cpp, TorchMoE commit 87eacf7a) is called before every expert load, demand or prefetch.
-It sorts the experts on the GPU by `incache_visit_count`, *highest first*, and evicts in that order, skipping the
-prefetch candidates (`candidates_`, unless the node is flagged overflow) and the experts in the execution queue.
-The count grows by one when an expert is loaded (`GPUThreadFunc`) and on each use while on the GPU (`StartExec`), and
-is reset to 0 when the expert is evicted. So REFERENCE.md §3's "evict by highest in-cache visit count" is what the
-code does. Later EfficientMoE versions also have `ExpertDispatcher::FindExpertEvict`
-(core/parallel/expert_dispatcher.cpp) for demand loads, which evicts the *lowest* count and keeps counts across
-evictions; `order="lowest"` gives that rule with our count (reset on eviction).
-
-Here: a key's count is 1 when it is loaded and +1 per hit; `evict` takes the highest count (`order="lowest"`: the
-lowest), ties to the least recently used (the C++ `std::sort` leaves ties unordered), never a key of `protected`
-(the current layer step's running experts) and, if any other key can go, never one of `prefetch_candidates`.
-Departures: counts are never cleared wholesale (the code's benchmarks call `ClearExpertCacheCounts` when decoding
-starts; the replay has no such event); sizes are in slots, not bytes.
+Read from the code (only the paper's abstract was at hand): `ArcherTaskPool::RemoveCachedSparseNode`
+(core/prefetch/task_scheduler.cpp, TorchMoE commit 87eacf7a), called before every expert load, demand or prefetch,
+sorts the experts on the GPU by `incache_visit_count`, *highest first*, and evicts in that order, skipping the
+prefetch candidates (`candidates_`, unless flagged overflow) and the experts in the execution queue; the count grows
+by one when an expert is loaded (`GPUThreadFunc`) and when it is used while already on the GPU (`StartExec`), and is
+reset to 0 on eviction. So REFERENCE.md §3's "evict by highest in-cache visit count" is what the code does. Later
+EfficientMoE versions also evict demand loads through `ExpertDispatcher::FindExpertEvict`
+(core/parallel/expert_dispatcher.cpp), which takes the *lowest* count, and no longer reset counts on eviction;
+`order="lowest"` gives that rule with our count. Here a key's count is 1 when it is loaded and +1 per hit; `evict`
+takes the highest count (or the lowest), ties to the least recently used (the C++ `std::sort` leaves ties
+unordered), never a key of `protected` (the current layer step's running experts) and, while any other key can go,
+never one of `prefetch_candidates`. Departures: counts are never cleared wholesale (the code's benchmarks call
+`ClearExpertCacheCounts` when decoding starts; the replay has no such event); sizes are in slots, not bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ class MoEInfinityCache(CachePolicy):
         prefetch_candidates: keys the prefetcher intends to use soon (MoE-Infinity's `candidates_`). A prefetch
             engine assigns or updates this set at any time; `evict` skips these keys while it can choose another
             unprotected key, and evicts one only when nothing else is left (where the C++ code would fail the load
-            unless the candidate is flagged `is_overflow`). Keys need not be resident. Empty by default, which makes the policy plain count ordering.
+            unless the candidate is flagged `is_overflow`). Keys need not be resident. Empty by default, which
+            leaves plain count ordering.
     """
 
     name = "moe-infinity"

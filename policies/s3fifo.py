@@ -91,7 +91,7 @@ class S3FIFOCache(CachePolicy):
         return None
 
     def _evict_main(self, protected):
-        """Reinsert M's oldest keys with a use spent until one has none left, and evict it. None if M has no candidate."""
+        """Reinsert M's oldest keys, spending a use each, until one has none left: evict it. None without a candidate."""
         uses = self.resident
         while (key := _oldest(self._main, protected)) is not None:
             if uses[key] > 0:

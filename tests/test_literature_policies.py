@@ -359,7 +359,8 @@ def test_lru_miss_curves_equal_replaying_lru_at_every_size():
                 rows.append((0, token, layer, ids))
         trace = chunk(rows)
         curves = lru_miss_curves(trace.layer, trace.experts, model)
-        assert [curve[0] for curve in curves] == [sum(e >= 0 for r in rows if r[2] == l for e in r[3]) for l in range(layers)]
+        accesses = [sum(e >= 0 for row in rows if row[2] == layer for e in row[3]) for layer in range(layers)]
+        assert [curve[0] for curve in curves] == accesses
         for capacity in range(k, experts + 1):
             per_layer = replay([trace], ExpertCache(LRUCache, capacity, "layer", model)).per_layer
             misses = [acc - hit for acc, hit in zip(per_layer.accesses, per_layer.hits)]
