@@ -235,16 +235,22 @@ class _Replay:
         expert_s = timing.costs.expert_s if timing else 0.0
         arrivals = []  # (arrival, GPU compute it then needs) of every expert not resident at the router
         demand_bytes = 0  # bytes this step starts as demand fetches
-        loaded = experts
+        loaded, handled = experts, ()
         if self.miss_handler is not None:
             loaded, handled = self._triage(layer, experts, weights)
-            for action, fraction in handled:
-                demand_bytes += self._handle_miss(action, fraction, t_router, arrivals, expert_s)
         misses = cache.access(layer, loaded)
         if self.unused:
             self._count_useful(layer, experts, misses)
-        for expert in misses:
-            transfer = self.inflight.pop(base + expert, None) if self.inflight else None
+        # Every expert not resident at the router, in router order: the order they go on the link.
+        if handled:
+            outstanding = sorted([(experts.index(e), LOAD, e) for e in misses] + handled)
+        else:
+            outstanding = [(0, LOAD, e) for e in misses]
+        for _, action, detail in outstanding:
+            if action != LOAD:
+                demand_bytes += self._handle_miss(action, detail, t_router, arrivals, expert_s)
+                continue
+            transfer = self.inflight.pop(base + detail, None) if self.inflight else None
             if transfer is not None:
                 self.prefetch.late += 1
                 metrics.per_layer.prefetch_late[layer] += 1
@@ -291,7 +297,7 @@ class _Replay:
 
     def _triage(self, layer: int, experts: list[int], weights):
         """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
-        and the misses the handler deals with otherwise: (kept experts, [(action, byte fraction)])."""
+        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, byte fraction)])."""
         cache, handler, costs = self.cache, self.miss_handler, self.miss_costs
         base = layer * self.experts_per_layer
         kept, handled = [], []
@@ -303,7 +309,7 @@ class _Replay:
             if action == LOAD:
                 kept.append(expert)
             else:
-                handled.append((action, fraction))
+                handled.append((rank, action, fraction))
         return kept, handled
 
     def _handle_miss(self, action: str, fraction: float, t_router: float, arrivals: list, expert_s: float) -> int:
