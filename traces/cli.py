@@ -78,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="also write the full summary as JSON")
     p.set_defaults(run=_info)
 
+    p = sub.add_parser("analyze", help="routing locality: SCH, SRP, LRU/LFU/Belady hit rates, popularity, reuse, co-activation")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON (model level and per layer)")
+    p.add_argument("--segment", type=int, nargs="+", default=[16], metavar="M", help="segment lengths m (default 16)")
+    p.add_argument("--rho", type=float, nargs="+", default=[1.0, 2.0, 4.0], metavar="RHO",
+                   help="cache ratios: C = ρ·k per layer, ρ·L·k model level (default 1 2 4)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the sequences (default 1000, 0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--split", type=int, metavar="TOKENS", help="cut sequences into pieces of at most TOKENS tokens first")
+    p.add_argument("--min-tokens", type=int, default=1, metavar="N", help="leave out sequences shorter than N tokens")
+    p.add_argument("--out-dir", metavar="DIR", help="also write tables (Parquet and CSV) and figures here")
+    p.set_defaults(run=_analyze)
+
     p = sub.add_parser("record", help="record a trace from a Hugging Face transformers MoE model (needs the 'record' extra)")
     p.add_argument("--model", required=True, metavar="PATH_OR_NAME", help="a local model folder, or a name in your hub cache")
     p.add_argument("--prompts", required=True, metavar="FILE",
@@ -123,6 +136,17 @@ def _info(args) -> None:
     print(trace_info.format_summary(summary))
     if args.json:
         trace_info.write_json(summary, args.json)
+
+
+def _analyze(args) -> None:
+    from traces.locality import analyze
+
+    doc, tables = analyze.analyze(args.file, segments=args.segment, rhos=args.rho, bootstrap=args.bootstrap,
+                                  seed=args.seed, split=args.split, min_tokens=args.min_tokens)
+    if args.out_dir:
+        analyze.write_outputs(doc, tables, args.out_dir)
+    trace_info.write_json(doc, args.json)
+    print(analyze.format_report(doc))
 
 
 RECORD_INSTALL = "pip install -e '.[record]' (in a checkout) or pip install 'torch==2.13.0' 'transformers>=5.23,<6'"
