@@ -1,0 +1,1 @@
+"""Reproductions of published figures, one command each (see the README's Reproductions section)."""
