@@ -1,0 +1,132 @@
+"""Sweeps as a user runs them: the joblib launcher through a sweep config, resuming, submitit's local executor, and
+the report and figures of a sweep directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments import plot, report
+from experiments.results import METRICS_FILE
+from experiments.sweep import is_complete, job_dirname
+from simulator.presets import get_preset
+from traces.synth import SynthParams, write_synthetic
+
+MOE_SIM = [sys.executable, "-c", "from experiments.app import main; main()"]
+
+
+def moe_sim(*args, cwd):
+    result = subprocess.run([*MOE_SIM, *args], cwd=cwd, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def metrics(sweep: Path) -> dict[str, bytes]:
+    return {str(p.parent.relative_to(sweep)): p.read_bytes() for p in sweep.rglob(METRICS_FILE)}
+
+
+# A 6-job hit-rate sweep of the shipped trace through the capacity_vs_policy sweep config (joblib launcher), with
+# its grid narrowed on the command line.
+GRID = ["-m", "+sweep=capacity_vs_policy", "policy=lru,lfu,belady", "cache.capacity=8,16", "replay.timed=false",
+        "hydra.launcher.n_jobs=2"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("sweep")
+    out = moe_sim(*GRID, f"hydra.sweep.dir={cwd / 'grid'}", cwd=cwd)
+    assert "skip" not in out
+    return cwd / "grid"
+
+
+def test_sweep_has_one_complete_run_per_job(sweep):
+    done = metrics(sweep)
+    assert len(done) == 6
+    assert "cache.capacity=8,policy=lru,replay.timed=False" in done  # named from the overrides, sorted
+    table = report.load_runs(sweep)
+    assert len(table) == 6 and not table.duplicated(["policy", "cache.capacity"]).any()
+    assert set(table["policy"]) == {"lru", "lfu", "belady"}
+
+
+def test_rerun_skips_finished_jobs_and_completes_a_missing_one(sweep):
+    before = metrics(sweep)
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.rglob(METRICS_FILE)}
+    lost = sweep / "cache.capacity=16,policy=belady,replay.timed=False" / METRICS_FILE
+    lost.unlink()  # as if the job had been killed before writing it
+    out = moe_sim(*GRID, f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
+    assert out.count("skip ") == 5
+    assert metrics(sweep) == before  # the rerun job gives identical bytes
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items() if p != lost)  # the others untouched
+
+
+def test_report_writes_parquet_and_csv_with_one_row_per_run(sweep, tmp_path, capsys):
+    report.main([str(sweep), "--out", str(tmp_path / "table.parquet")])
+    table = pd.read_parquet(tmp_path / "table.parquet")
+    csv = pd.read_csv(tmp_path / "table.csv")
+    assert len(table) == len(csv) == 6
+    for column in ("run", "policy", "cache.capacity", "replay.timed", "model.bytes_per_expert", "cache_gb",
+                   "hit_rate", "hits", "misses", "accesses", "bytes_h2d"):
+        assert column in table
+    assert (table["hits"] + table["misses"] == table["accesses"]).all()
+    printed = capsys.readouterr().out
+    assert "hit rate" in printed and "belady" in printed
+
+
+def test_plots_of_a_hit_rate_sweep_skip_what_it_lacks(sweep, tmp_path, capsys):
+    plot.main([str(sweep), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "hit_rate_vs_capacity.png").stat().st_size > 0
+    assert (tmp_path / "hit_rate_vs_capacity.pdf").stat().st_size > 0
+    assert (tmp_path / "per_layer_hit_rate.png").exists()
+    assert "stall_and_time_vs_capacity: skipped (no timed run" in printed
+    assert not (tmp_path / "hardware_time_per_token.png").exists()
+
+
+def test_timed_sweep_over_traces_and_machines_draws_every_figure(tmp_path, capsys):
+    model = get_preset("deepseek-v2-lite")
+    traces = []
+    for reuse in (0.0, 0.4):
+        path = tmp_path / f"reuse{reuse}.parquet"
+        write_synthetic(path, model, SynthParams(sequences=1, tokens_per_sequence=12, reuse=reuse))
+        traces.append(str(path))
+    moe_sim("-m", f"trace.path={','.join(traces)}", "hardware=rtx4090_pcie4,gh200_c2c", "policy=lru,belady",
+            "cache.capacity=8,16", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
+    plot.main([str(tmp_path / "grid"), "--out", str(tmp_path / "fig")])
+    assert "skipped" not in capsys.readouterr().out
+    for name in plot.FIGURES:
+        assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "fig" / f"{name}.pdf").stat().st_size > 0
+
+
+def test_submitit_local_executor_runs_a_sweep(tmp_path):
+    moe_sim("-m", "policy=lru,belady", "cache.capacity=8", "replay.timed=false", "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
+    assert len(metrics(tmp_path / "grid")) == 2
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    out = moe_sim("+sweep=capacity_vs_policy", "hydra/launcher=slurm", "hydra.launcher.partition=cpu", "--cfg", "hydra",
+                  cwd=tmp_path)
+    assert "SlurmLauncher" in out and "partition: cpu" in out and "cpus_per_task: 1" in out
+
+
+def test_job_dirname_is_order_free_and_safe():
+    a = job_dirname(["+sweep=capacity_vs_policy", "policy=lru", "cache.capacity=8", "trace.path=/data/x/ds.parquet"])
+    b = job_dirname(["trace.path=/data/x/ds.parquet", "cache.capacity=8", "policy=lru"])
+    assert a == b and "/" not in a and a.startswith("cache.capacity=8,policy=lru,trace.path=ds-")
+    assert job_dirname(["trace.path=/data/y/ds.parquet"]) != job_dirname(["trace.path=/data/x/ds.parquet"])
+    assert job_dirname([]) == "defaults"
+
+
+def test_is_complete_needs_metrics_with_the_same_config(tmp_path):
+    config = {"cache": {"capacity": 8}, "replay": {"timed": True, "progress": True}}
+    assert not is_complete(tmp_path, config)
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"config": {**config, "replay": {"timed": True, "progress": False}}}))
+    assert is_complete(tmp_path, config)  # the progress bar does not change results
+    assert not is_complete(tmp_path, {**config, "cache": {"capacity": 16}})
+    (tmp_path / METRICS_FILE).write_text('{"config": ')  # never happens (written atomically), but not complete
+    assert not is_complete(tmp_path, config)
