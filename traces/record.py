@@ -214,7 +214,7 @@ def record(
                 capture.begin(mask)
                 with torch.no_grad():
                     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=pad_id, use_cache=True)
+                                   num_beams=1, pad_token_id=pad_id, use_cache=True)
                 chunk = capture.assemble(first)
                 for phase in counts:
                     counts[phase] += int(np.count_nonzero(chunk.phase == phase)) // len(layers)
