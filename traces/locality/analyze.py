@@ -132,8 +132,7 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
     bins = np.where(distances >= 0, distances, E)  # bin E = first use in the sequence
     reuse = np.bincount((packed_layer * (E + 1) + bins)[valid], minlength=L * (E + 1)).reshape(L, E + 1)
 
-    doc["per_layer_mean"] = {key: _float(np.nanmean(np.array(v, dtype=float))) for key, v in per_layer.items()
-                             if key not in ("layer", "moe_layer_id")}
+    doc["per_layer_mean"] = {key: _mean(v) for key, v in per_layer.items() if key not in ("layer", "moe_layer_id")}
     doc["ci"] = ci
     doc["per_layer"] = per_layer
     doc["per_layer_ci"] = per_layer_ci
@@ -232,6 +231,11 @@ def format_report(doc: dict) -> str:
         lines.append(f"{row['metric']:<18}{row['value']:>8.3f}{ci:>18}{row['per_layer_mean']:>12.3f}")
     lines.append(f"in {doc['timings_s']['total']:.1f} s")
     return "\n".join(lines)
+
+
+def _mean(values) -> float | None:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    return None if np.isnan(v).all() else float(np.nanmean(v))
 
 
 def _float(v) -> float | None:
