@@ -35,6 +35,11 @@ POLICY_COLOURS = {
     "static": "#CC79A7",
     "arc": "#D55E00",
     "sieve": "#56B4E9",
+    "s3fifo": "#00543C",  # darker kin of fifo
+    "lfu-aging": "#8C6D00",  # darker kin of lfu
+    "lirs": "#3B3B98",
+    "moe-infinity": "#A6192E",
+    "finemoe": "#6A3D9A",
     "belady": "#000000",  # the offline bound, drawn dashed
 }
 BOUND = "belady"
