@@ -79,6 +79,7 @@ class LinkFields(_Cited):
     bandwidth_Bps: Positive
     latency_s: NonNegative
     copy_engines: int = Field(default=1, ge=1)
+    preempt_prefetch: bool = False
 
 
 class CPUFields(_Cited):

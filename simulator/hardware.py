@@ -28,6 +28,8 @@ class LinkSpec:
     latency_s: float
     copy_engines: int = 1
     """Transfers that may be in set-up at once; the wire itself carries one transfer at a time."""
+    preempt_prefetch: bool = False
+    """A demand fetch pauses a prefetch that is on the wire (the prefetch resumes after it) instead of waiting."""
 
 
 @dataclass(frozen=True)

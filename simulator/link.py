@@ -8,9 +8,10 @@ Booking a transfer returns its completion time by arithmetic (~0.5 µs) instead 
 With one copy engine this is the plain serial queue end = max(ready, previous end) + latency + bytes / bandwidth.
 
 Demand fetches go ahead of queued prefetches. Prefetches wait in a FIFO queue and are started lazily: `advance(now)`
-starts, in order, every queued prefetch whose start falls before `now`; those are in flight and are not preempted.
-A demand booked at `now` then starts after the transfers in flight and before every prefetch still queued. Callers
-book in non-decreasing time, as a simulation clock does.
+starts, in order, every queued prefetch whose start falls before `now`; those are in flight and are not preempted
+(unless the link's spec sets `preempt_prefetch`: then a demand pauses the prefetch on the wire, which resumes with
+its remaining bytes after the demand). A demand booked at `now` starts after the transfers in flight and before
+every prefetch still queued. Callers book in non-decreasing time, as a simulation clock does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Link:
         self._engine_free = [0.0] * spec.copy_engines
         self._wire_free = 0.0
         self._queue: deque[Transfer] = deque()
+        self._on_wire: Transfer | None = None  # the transfer started last: the only one the wire may still carry
         self.bytes_demand = 0
         self.bytes_prefetch = 0
         self.transfers = 0
@@ -62,7 +64,25 @@ class Link:
     def transfer(self, ready_s: float, nbytes: int) -> float:
         """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived."""
         self.advance(ready_s)
+        on_wire = self._on_wire
+        if self.spec.preempt_prefetch and on_wire is not None and on_wire.prefetch and on_wire.end_s > ready_s:
+            return self._preempt(on_wire, ready_s, nbytes)
         return self._start(Transfer(-1, nbytes, ready_s, prefetch=False))
+
+    def _preempt(self, paused: Transfer, ready_s: float, nbytes: int) -> float:
+        """The demand takes the wire once set up; the paused prefetch's remaining bytes follow it."""
+        takeover = max(ready_s + self.spec.latency_s, paused.end_s - paused.nbytes / self.spec.bandwidth_Bps)
+        remaining_s = paused.end_s - takeover
+        wire_s = nbytes / self.spec.bandwidth_Bps
+        end = takeover + wire_s
+        paused.end_s = end + remaining_s
+        engines = self._engine_free
+        engines[engines.index(max(engines))] = paused.end_s
+        self._wire_free = paused.end_s
+        self.transfers += 1
+        self.bytes_demand += nbytes
+        self.busy_demand_s += wire_s
+        return end
 
     def prefetch(self, ready_s: float, key: int, nbytes: int) -> Transfer:
         """Queue a prefetch behind earlier prefetches; it starts once no demand is ahead of it."""
@@ -116,4 +136,5 @@ class Link:
             self.bytes_demand += transfer.nbytes
             self.busy_demand_s += wire_s
         transfer.end_s = end
+        self._on_wire = transfer
         return end

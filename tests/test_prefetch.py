@@ -211,3 +211,17 @@ def test_offline_policies_refuse_prefetching():
     cache = ExpertCache(BeladyCache, 2, "layer", toy_model(layers=2, top_k=1))
     with pytest.raises(InputError):
         replay([chunk(TWO_TOKENS)], cache, prefetcher=OraclePrefetcher(toy_model(layers=2, top_k=1)))
+
+
+def test_a_preempting_link_pauses_the_prefetch_on_the_wire():
+    link = Link(LinkSpec(bandwidth_Bps=12.0, latency_s=0.25, preempt_prefetch=True))
+    a = link.prefetch(0.0, key=1, nbytes=24)
+    link.advance(0.0)
+    assert a.end_s == 2.25  # on the wire 0.25..2.25
+    # A demand at 1.0 is set up by 1.25 and takes the wire: 1.25..3.25. The prefetch had 1.0 s of bytes left.
+    assert link.transfer(1.0, 24) == 3.25
+    assert a.end_s == 4.25
+    # The resumed prefetch is on the wire again (3.25..4.25) when a demand comes at 3.5: paused again at 3.75 with
+    # 0.5 s left; the demand runs 3.75..5.75, the prefetch ends 6.25.
+    assert link.transfer(3.5, 24) == 5.75
+    assert a.end_s == 6.25
