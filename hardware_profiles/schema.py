@@ -25,7 +25,7 @@ PROFILE_DIR = Path(__file__).parent
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Citation = Annotated[str, Field(min_length=1)]
-_NOT_NUMBERS = ("name", "source", "sources")
+_NOT_NUMBERS = ("name", "source", "sources", "preempt_prefetch")  # a modelling choice, not a measurement
 
 
 class _Cited(BaseModel):
