@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-layer", type=float, default=d.cross_layer,
                    help=f"probability a slot follows the fixed map from the layer below (default {d.cross_layer})")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help=f"token id range (default {d.vocab_size})")
+    p.add_argument("--fit", metavar="REAL.parquet|FIT.json",
+                   help="fit the generator to a real trace (or load a saved fit): per-layer LRU reuse, popularity and "
+                        "cross-layer map; the model is the trace's, --skew/--reuse/--cross-layer/--model are ignored")
+    p.add_argument("--save-fit", metavar="FIT.json", help="with --fit REAL.parquet: also save the fitted parameters")
     p.set_defaults(run=_synth)
 
     p = sub.add_parser("info", help="describe a trace: shape, size, popularity, overlap, columns")
@@ -122,6 +126,8 @@ def _import(args) -> None:
 
 
 def _synth(args) -> None:
+    if args.fit:
+        return _synth_fitted(args)
     model = get_preset(args.model, args.dtype)
     params = SynthParams(sequences=args.sequences, tokens_per_sequence=args.tokens, seed=args.seed, skew=args.skew,
                          reuse=args.reuse, cross_layer=args.cross_layer, vocab_size=args.vocab_size)
@@ -129,6 +135,22 @@ def _synth(args) -> None:
     rows = write_synthetic(_output(args.output), model, params)
     settings = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in fields(params))
     print(f"wrote {args.output}: {rows:,} rows ({model.name}; {settings}) in {time.perf_counter() - start:.2f} s")
+
+
+def _synth_fitted(args) -> None:
+    from traces import synth_fit
+
+    start = time.perf_counter()
+    if args.fit.endswith(".json"):
+        fit = synth_fit.load_fit(args.fit)
+    else:
+        fit = synth_fit.fit_trace(args.fit, seed=args.seed)
+        if args.save_fit:
+            synth_fit.save_fit(fit, args.save_fit)
+    rows = synth_fit.write_fitted(_output(args.output), fit, sequences=args.sequences, tokens_per_sequence=args.tokens,
+                                  seed=args.seed, vocab_size=args.vocab_size, fit_file=Path(args.fit).name)
+    print(f"wrote {args.output}: {rows:,} rows ({fit.model['name']}, fitted to {fit.source.get('file')}; "
+          f"sequences={args.sequences}, tokens={args.tokens}, seed={args.seed}) in {time.perf_counter() - start:.2f} s")
 
 
 def _info(args) -> None:
