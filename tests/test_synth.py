@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,14 @@ from simulator.presets import get_preset
 from traces.format import TraceFile
 from traces.info import summarize
 from traces.synth import SynthParams, write_synthetic
+from traces.synth_fit import fit_digest, load_fit, write_fitted
 
 DEEPSEEK = get_preset("deepseek-v2-lite")
-DEFAULT_TRACE = Path(__file__).parents[1] / "traces" / "data" / "default.parquet"
-DEFAULT_TRACE_PARAMS = SynthParams(sequences=4, tokens_per_sequence=400, seed=0, skew=0.8, reuse=0.15, cross_layer=0.3)
-"""The arguments of the command in traces/data/README.md."""
+DATA = Path(__file__).parents[1] / "traces" / "data"
+DEFAULT_TRACE = DATA / "default.parquet"
+DEFAULT_FIT = DATA / "deepseek_v2_lite_fit.json"
+DEFAULT_TRACE_ARGS = {"sequences": 4, "tokens_per_sequence": 400, "seed": 0, "vocab_size": 32000}
+"""The arguments of the command in traces/data/README.md (a synthetic trace fitted to the shared DeepSeek traces)."""
 
 
 def synth(tmp_path, name="t.parquet", model=DEEPSEEK, **params) -> Path:
@@ -113,9 +115,11 @@ def test_shipped_default_trace(tmp_path):
     trace = TraceFile(DEFAULT_TRACE)
     assert DEFAULT_TRACE.stat().st_size < 1_000_000
     assert 20_000 <= trace.num_rows <= 60_000
-    assert trace.meta.provenance == {"source_format": "synthetic", "generator": "traces.synth", "generator_version": 1,
-                                     **asdict(DEFAULT_TRACE_PARAMS)}
+    fit = load_fit(DEFAULT_FIT)
+    assert trace.meta.provenance == {"source_format": "synthetic-fitted", "generator": "traces.synth_fit",
+                                     "generator_version": 1, **DEFAULT_TRACE_ARGS, "fit_file": DEFAULT_FIT.name,
+                                     "fit_sha256_16": fit_digest(fit), "fitted_to": fit.source["file"]}
     again = tmp_path / "again.parquet"
-    write_synthetic(again, DEEPSEEK, DEFAULT_TRACE_PARAMS)
-    assert np.array_equal(grid(again), grid(DEFAULT_TRACE)), "README command regenerates the shipped trace"
+    write_fitted(again, fit, **DEFAULT_TRACE_ARGS, fit_file=DEFAULT_FIT.name)
+    assert again.read_bytes() == DEFAULT_TRACE.read_bytes(), "README command regenerates the shipped trace"
     assert 0.40 <= per_layer_lru_hit_rate(DEFAULT_TRACE, 16) <= 0.60

@@ -92,7 +92,15 @@ class RoutingFit:
 
 
 def save_fit(fit: RoutingFit, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(asdict(fit), indent=1, sort_keys=True) + "\n")
+    """JSON with one line per key, and per layer for the per-layer tables (readable diffs)."""
+    lines = []
+    for key, value in sorted(asdict(fit).items()):
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            rows = ",\n  ".join(json.dumps(row) for row in value)
+            lines.append(f"{json.dumps(key)}: [\n  {rows}\n ]")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+    Path(path).write_text("{\n " + ",\n ".join(lines) + "\n}\n")
 
 
 def load_fit(path: str | os.PathLike) -> RoutingFit:
@@ -114,8 +122,10 @@ def fit_digest(fit: RoutingFit) -> str:
 
 # --- estimation -------------------------------------------------------------------------------------------------
 
-def fit_trace(path: str | os.PathLike, *, seed: int = 0) -> RoutingFit:
-    """Estimate the parameters from the trace at `path`."""
+def fit_trace(path: str | os.PathLike, *, seed: int = 0, calibration_tokens: int | None = None) -> RoutingFit:
+    """Estimate the parameters from the trace at `path` (two calibration runs of `calibration_tokens` tokens,
+    default CALIBRATION_TOKENS)."""
+    calibration_tokens = calibration_tokens or CALIBRATION_TOKENS
     grid = load_grid(path)
     if not (grid.experts >= 0).any():
         raise InputError(f"{path}: rows: no accesses to fit")
@@ -146,14 +156,14 @@ def fit_trace(path: str | os.PathLike, *, seed: int = 0) -> RoutingFit:
     # unboosted rate P at which deep choices follow the map; the boost then comes from the single-draw model
     # f = (1+β)P / (1 + βP). The second run measures the f that boost gives and solves the same model for an
     # effective P, once more.
-    trial = _grid_of(fit, CALIBRATION_TOKENS, seed)
+    trial = _grid_of(fit, calibration_tokens, seed)
     trial_counts = stats.popularity(trial).astype(float) + 0.5
     weights = share * share / (trial_counts / trial_counts.sum(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     base = _follow_share(trial, _layer_distances(trial), follow, D)
     boost = _solve_boost(real_follow, base, np.zeros(L))
     fit = replace(fit, popularity=_round(weights), follow_boost=_round(boost))
-    trial = _grid_of(fit, CALIBRATION_TOKENS, seed + 1)
+    trial = _grid_of(fit, calibration_tokens, seed + 1)
     reached = _follow_share(trial, _layer_distances(trial), follow, D)
     with np.errstate(divide="ignore", invalid="ignore"):
         effective = reached / ((1 + boost) - boost * reached)
