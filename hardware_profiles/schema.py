@@ -41,9 +41,9 @@ class _Cited(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans(cls, value):
+    def _no_booleans(cls, value, info):
         """YAML reads `yes`, `on` and `true` as booleans, which pydantic would quietly take for 1."""
-        if isinstance(value, bool):
+        if isinstance(value, bool) and info.field_name not in _NOT_NUMBERS:
             raise PydanticCustomError("bool_number", "expected a number, got a boolean")
         return value
 
@@ -57,7 +57,7 @@ class _Cited(BaseModel):
 
     @model_validator(mode="after")
     def _every_number_cited(self):
-        missing = [f for f in self.numbers() if f not in self.sources]
+        missing = [f for f in self.numbers() if getattr(self, f) is not None and f not in self.sources]
         if self.source is None and missing:
             raise PydanticCustomError("uncited", f"no source for {missing}: add a `source` line or `sources` entries")
         return self
@@ -79,6 +79,9 @@ class LinkFields(_Cited):
     bandwidth_Bps: Positive
     latency_s: NonNegative
     copy_engines: int = Field(default=1, ge=1)
+    """Transfers that may be in set-up at once (for NVMe: reads in flight, the queue depth the runtime keeps)."""
+    pageable_bandwidth_Bps: Positive | None = None
+    """Bandwidth from pageable (not pinned) host memory, where it differs."""
     preempt_prefetch: bool = False
 
 
@@ -98,6 +101,10 @@ class ProfileFile(BaseModel):
     h2d: LinkFields
     d2h: LinkFields
     cpu: CPUFields
+    nvme: LinkFields | None = None
+    """NVMe reads into DRAM (for experts whose home is NVMe)."""
+    gds: LinkFields | None = None
+    """GPUDirect Storage: NVMe reads straight into GPU memory, where the platform has it."""
 
     def to_profile(self) -> HardwareProfile:
         return HardwareProfile(
@@ -106,6 +113,8 @@ class ProfileFile(BaseModel):
             h2d=LinkSpec(**self.h2d.dataclass_kwargs()),
             d2h=LinkSpec(**self.d2h.dataclass_kwargs()),
             cpu=CPUSpec(**self.cpu.dataclass_kwargs()),
+            nvme=LinkSpec(**self.nvme.dataclass_kwargs()) if self.nvme else None,
+            gds=LinkSpec(**self.gds.dataclass_kwargs()) if self.gds else None,
             description=self.description,
         )
 

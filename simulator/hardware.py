@@ -30,6 +30,8 @@ class LinkSpec:
     """Transfers that may be in set-up at once; the wire itself carries one transfer at a time."""
     preempt_prefetch: bool = False
     """A demand fetch pauses a prefetch that is on the wire (the prefetch resumes after it) instead of waiting."""
+    pageable_bandwidth_Bps: float | None = None
+    """Bandwidth from pageable host memory (a bounce through a pinned buffer), where it differs from pinned."""
 
 
 @dataclass(frozen=True)
@@ -47,4 +49,8 @@ class HardwareProfile:
     """Host-to-device path that carries expert weights from their home (CPU DRAM) to the GPU."""
     d2h: LinkSpec
     cpu: CPUSpec
+    nvme: LinkSpec | None = None
+    """NVMe reads into DRAM; `copy_engines` is the number of reads in flight."""
+    gds: LinkSpec | None = None
+    """GPUDirect Storage: NVMe reads straight into GPU memory."""
     description: str = ""
