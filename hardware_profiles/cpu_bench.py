@@ -1,0 +1,101 @@
+"""Measure the host: DRAM copy bandwidth and the time of a CPU expert FFN at batch 1, and the FLOP rate at a batch.
+
+Expert weights are timed *cold*: each call uses the next expert of a pool several times larger than the last-level
+cache, as a runtime that serves many experts does (a loop over one expert would time the cache, not DRAM). The
+batch-1 times at several expert widths fit latency + bytes / bandwidth (`fit.PathMeasurement`): the intercept is the
+per-call overhead (Python, three BLAS calls, the SiLU), the slope the memory bandwidth the FFN reaches. The FLOP
+rate comes from the widest expert at a batch of tokens large enough to be compute-bound.
+
+BLAS threads are fixed with threadpoolctl for the whole measurement (`threads`), since OpenBLAS's default of one
+thread per core falls apart on a machine shared with other work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_params, expert_views, gated_ffn, random_block
+from hardware_profiles.fit import PathMeasurement
+
+FALLBACK_LLC_BYTES = 32 << 20
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache Linux reports (sysfs), or 32 MiB where it reports none."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=FALLBACK_LLC_BYTES)
+
+
+def dram_copy_Bps(nbytes: int = 256 << 20, repeats: int = 5) -> tuple[float, list[float]]:
+    """Best-of-`repeats` numpy copy bandwidth between two `nbytes` arrays, counting bytes read plus bytes written
+    (STREAM's Copy convention). Returns (best, every repeat's)."""
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in before timing
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        rates.append(2 * src.nbytes / (time.perf_counter() - t0))
+    return max(rates), rates
+
+
+def ffn_widths(ffn: int, count: int) -> list[int]:
+    """`count` expert widths from `ffn` halving down (ffn, ffn/2, ...), smallest first, each at least 8."""
+    return sorted({max(8, ffn >> i) for i in range(count)})
+
+
+def time_cpu_ffn(hidden: int, widths: Sequence[int], repeats: int, threads: int | None,
+                 tokens: int = 1, seed: int = 0, tick: Callable[[], None] | None = None) -> PathMeasurement:
+    """Mean time of one expert FFN on `tokens` tokens per width, cold weights; fitted against weight bytes."""
+    rng = np.random.default_rng(seed)
+    pool_bytes = 4 * last_level_cache_bytes()
+    x = rng.standard_normal((tokens, hidden), dtype=DTYPE)
+    samples: dict[int, list[float]] = {}
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for ffn in widths:
+            nbytes = expert_params(hidden, ffn) * PARAM_BYTES
+            base = random_block(hidden, ffn, rng)
+            pool = [expert_views(base * DTYPE(1 + i * 1e-3), hidden, ffn) for i in range(max(2, math.ceil(pool_bytes / nbytes)))]
+            for w in pool[:2]:
+                gated_ffn(x, *w)  # warm the code path, not the weights
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for w in pool:
+                    gated_ffn(x, *w)
+                times.append((time.perf_counter() - t0) / len(pool))
+            samples[nbytes] = times
+            del pool, base
+            if tick:
+                tick()
+    method = (f"numpy gated FFN (float32, hidden {hidden}, widths {list(widths)}, {tokens} token(s), "
+              f"{threads or 'default'} BLAS thread(s)), cold weights from a {pool_bytes >> 20} MiB pool, mean of {repeats} passes")
+    return PathMeasurement.from_samples("cpu expert FFN", method, samples)
+
+
+def cpu_flops(hidden: int, ffn: int, tokens: int, repeats: int, threads: int | None, seed: int = 0) -> tuple[float, list[float]]:
+    """Best-of-`repeats` FLOP/s of one expert FFN on `tokens` tokens (2 FLOP per multiply-add of the three
+    products); with enough tokens this is compute-bound. Returns (best, every repeat's)."""
+    rng = np.random.default_rng(seed)
+    w = expert_views(random_block(hidden, ffn, rng), hidden, ffn)
+    x = rng.standard_normal((tokens, hidden), dtype=DTYPE)
+    flop = 2.0 * expert_params(hidden, ffn) * tokens
+    rates = []
+    with threadpool_limits(limits=threads, user_api="blas"):
+        gated_ffn(x, *w)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            gated_ffn(x, *w)
+            rates.append(flop / (time.perf_counter() - t0))
+    return max(rates), rates
