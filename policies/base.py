@@ -49,7 +49,8 @@ class CachePolicy(ABC):
 
     def admit(self, key: int, protected: Collection[int]) -> list[int]:
         evicted = []
-        while len(self.resident) >= self.capacity:
+        resident, capacity = self.resident, self.capacity
+        while len(resident) >= capacity:
             evicted.append(self.evict(protected))
         self.insert(key)
         return evicted

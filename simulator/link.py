@@ -33,6 +33,8 @@ class Transfer:
     prefetch: bool
     end_s: float | None = None
     cancelled: bool = False
+    link: "Link | None" = None
+    """The link the transfer is booked on."""
 
 
 class Link:
@@ -86,7 +88,7 @@ class Link:
 
     def prefetch(self, ready_s: float, key: int, nbytes: int) -> Transfer:
         """Queue a prefetch behind earlier prefetches; it starts once no demand is ahead of it."""
-        transfer = Transfer(key, nbytes, ready_s, prefetch=True)
+        transfer = Transfer(key, nbytes, ready_s, prefetch=True, link=self)
         self._queue.append(transfer)
         return transfer
 
@@ -97,7 +99,7 @@ class Link:
             return transfer.end_s
         self._queue.remove(transfer)
         transfer.prefetch = False
-        transfer.ready_s = now_s
+        transfer.ready_s = max(transfer.ready_s, now_s)  # an NVMe-staged prefetch still needs its read
         return self._start(transfer)
 
     def cancel(self, transfer: Transfer) -> bool:

@@ -49,6 +49,10 @@ class Metrics:
     transfers_h2d: int = 0
     h2d_busy_s: float = 0.0
     h2d_busy_prefetch_s: float = 0.0
+    dram_accesses: int = 0
+    dram_hits: int = 0
+    bytes_nvme: int = 0
+    nvme_busy_s: float = 0.0
     cpu_executed: int = 0
     approximated_low_precision: int = 0
     approximated_skipped: int = 0
@@ -92,6 +96,10 @@ class Metrics:
             "h2d_utilisation_demand": t((self.h2d_busy_s - self.h2d_busy_prefetch_s) / total if total else 0.0),
             "h2d_utilisation_prefetch": t(self.h2d_busy_prefetch_s / total if total else 0.0),
             "hits_demand": self.hits - p.useful,
+            "dram_accesses": self.dram_accesses,
+            "dram_hit_rate": self.dram_hits / self.dram_accesses if self.dram_accesses else None,
+            "bytes_nvme": self.bytes_nvme,
+            "nvme_utilisation": t(self.nvme_busy_s / total if total else 0.0),
             "cpu_executed": self.cpu_executed,
             "approximated_accesses": self.approximated_low_precision + self.approximated_skipped,
             "approximated_low_precision": self.approximated_low_precision,

@@ -35,6 +35,7 @@ from simulator.compute import MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
 from simulator.link import Link, Transfer
+from simulator.memory import MemoryHierarchy
 from simulator.metrics import LayerCounters, Metrics, PrefetchCounters
 from traces.format import TraceChunk
 
@@ -67,19 +68,21 @@ def replay(
     prefetcher: Prefetcher | None = None,
     miss_handler: MissHandler | None = None,
     miss_costs: MissCosts | None = None,
+    memory: MemoryHierarchy | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
     Offline policies (Belady, Static) must have been given the same rows through `cache.prepare` first; they cannot
     take prefetches (their view of the future is the demand stream). A `miss_handler` needs `miss_costs`; chunks
-    must carry gate weights if the handler or the cache policy reads them.
+    must carry gate weights if the handler or the cache policy reads them. `memory` describes the tiers behind the
+    GPU (default: every expert in DRAM, one host-to-device link from `timing`); its links carry the replay's clock.
     """
     if prefetcher is not None and cache.offline:
         raise InputError("prefetch: offline cache policies (belady, static) cannot take prefetched experts")
     if miss_handler is not None and miss_costs is None:
         raise ValueError("a miss handler needs miss_costs")
-    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs)
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory)
     tokens = _tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -123,11 +126,14 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
 
 class _Replay:
     def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None,
-                 miss_handler: MissHandler | None, miss_costs: MissCosts | None):
+                 miss_handler: MissHandler | None, miss_costs: MissCosts | None, memory: MemoryHierarchy | None):
         model = cache.model
         self.cache = cache
         self.timing = timing
-        self.link = Link(timing.h2d) if timing else None
+        if memory is None:
+            memory = MemoryHierarchy(Link(timing.h2d) if timing else None, model.experts_per_layer)
+        self.memory = memory
+        self.link = memory.h2d
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
         self.miss_costs = miss_costs
@@ -243,28 +249,36 @@ class _Replay:
             self._count_useful(layer, experts, misses)
         # Every expert not resident at the router, in router order: the order they go on the link.
         if handled:
-            outstanding = sorted([(experts.index(e), LOAD, e) for e in misses] + handled)
+            outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         else:
-            outstanding = [(0, LOAD, e) for e in misses]
-        for _, action, detail in outstanding:
-            if action != LOAD:
-                demand_bytes += self._handle_miss(action, detail, t_router, arrivals, expert_s)
-                continue
-            transfer = self.inflight.pop(base + detail, None) if self.inflight else None
-            if transfer is not None:
+            outstanding = [(0, LOAD, e, 1.0) for e in misses]
+        fetches = []  # demand fetches (expert, bytes) of this step, in router order
+        for _, action, expert, fraction in outstanding:
+            if action == LOAD:
+                transfer = self.inflight.pop(base + expert, None) if self.inflight else None
+                if transfer is None:
+                    fetches.append((expert, self.expert_bytes))
+                    continue
                 self.prefetch.late += 1
                 metrics.per_layer.prefetch_late[layer] += 1
                 if timing:
-                    self.link.advance(t_router)
+                    transfer.link.advance(t_router)
                     if transfer.end_s is None:  # still queued: it goes as a demand fetch
                         demand_bytes += self.expert_bytes
-                    arrival = self.link.promote(transfer, t_router)
+                    arrival = transfer.link.promote(transfer, t_router)
                     self.prefetch.late_wait_s += arrival - t_router
                     arrivals.append((arrival, expert_s))
+            elif action == LOW_PRECISION:
+                metrics.approximated_low_precision += 1
+                fetches.append((expert, int(round(self.expert_bytes * fraction))))
             else:
-                demand_bytes += self.expert_bytes
+                self._handle_miss(action, t_router, arrivals)
+        if fetches:
+            demand_bytes += sum(nbytes for _, nbytes in fetches)
+            if timing or self.memory.on_nvme:  # without a clock, only the DRAM tier's counts need the call
+                booked = self.memory.demand(layer, fetches, t_router)
                 if timing:
-                    arrivals.append((self.link.transfer(t_router, self.expert_bytes), expert_s))
+                    arrivals.extend((arrival, expert_s) for arrival in booked)
         if cache.evicted:
             self._count_evictions()
         per_layer = metrics.per_layer
@@ -297,7 +311,7 @@ class _Replay:
 
     def _triage(self, layer: int, experts: list[int], weights):
         """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
-        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, byte fraction)])."""
+        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, expert, byte fraction)])."""
         cache, handler, costs = self.cache, self.miss_handler, self.miss_costs
         base = layer * self.experts_per_layer
         kept, handled = [], []
@@ -309,30 +323,22 @@ class _Replay:
             if action == LOAD:
                 kept.append(expert)
             else:
-                handled.append((rank, action, fraction))
+                handled.append((rank, action, expert, fraction))
         return kept, handled
 
-    def _handle_miss(self, action: str, fraction: float, t_router: float, arrivals: list, expert_s: float) -> int:
-        """Count and time one handled miss; returns the bytes it puts on the link."""
-        counters = self.metrics
+    def _handle_miss(self, action: str, t_router: float, arrivals: list) -> None:
+        """Count and time a miss that is not fetched: run on the CPU, or skipped."""
         if action == SKIP:
-            counters.approximated_skipped += 1
-            return 0
-        if action == CPU:
-            counters.cpu_executed += 1
+            self.metrics.approximated_skipped += 1
+        elif action == CPU:
+            self.metrics.cpu_executed += 1
             if self.timing:
                 half_trip = self.miss_costs.activation_round_trip_s / 2
                 start = max(t_router + half_trip, self.cpu_free)
                 self.cpu_free = start + self.miss_costs.cpu_expert_s
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
-            return 0
-        if action == LOW_PRECISION:
-            counters.approximated_low_precision += 1
-            nbytes = int(round(self.expert_bytes * fraction))
-            if self.timing:
-                arrivals.append((self.link.transfer(t_router, nbytes), expert_s))
-            return nbytes
-        raise ValueError(f"miss handler returned unknown action {action!r}")
+        else:
+            raise ValueError(f"miss handler returned unknown action {action!r}")
 
     # -- prefetch bookkeeping ------------------------------------------------------------------------------------
 
@@ -347,16 +353,17 @@ class _Replay:
                 continue
             self.prefetch.issued += 1
             if self.timing:
-                transfer = self.link.prefetch(ready_s, key, self.expert_bytes)
+                transfer = self.memory.prefetch(layer, expert, key, self.expert_bytes, ready_s)
                 self.inflight[key] = transfer
                 self.inflight_order.append(transfer)
             else:
+                self.memory.in_dram(layer, expert)
                 self.prefetch.bytes += self.expert_bytes
                 self._insert_prefetched(key, step_layer, step_experts)
 
     def _land(self, now: float, step_layer: int, step_experts: list[int]) -> None:
         """Insert every prefetch that has arrived by `now`, in arrival order."""
-        self.link.advance(now)
+        self.memory.advance(now)
         order, inflight = self.inflight_order, self.inflight
         while order:
             transfer = order[0]
@@ -405,14 +412,19 @@ class _Replay:
         metrics.hits = sum(per_layer.hits)
         prefetch.unused_at_end = len(self.unused) + len(self.inflight)
         metrics.bytes_demand = sum(per_layer.bytes_h2d)
+        memory = self.memory
+        metrics.dram_accesses, metrics.dram_hits, metrics.bytes_nvme = memory.dram_accesses, memory.dram_hits, memory.bytes_nvme
         if link is not None:
-            link.advance(self.now)  # prefetches still queued when the trace ends never start
+            memory.advance(self.now)  # prefetches still queued when the trace ends never start
             metrics.total_time_s = self.now
-            metrics.bytes_h2d = link.bytes_moved
-            metrics.transfers_h2d = link.transfers
-            metrics.h2d_busy_s = link.busy_s
-            metrics.h2d_busy_prefetch_s = link.busy_prefetch_s
-            prefetch.bytes = link.bytes_prefetch
+            links = memory.links()
+            metrics.bytes_h2d = sum(l.bytes_moved for l in links)
+            metrics.transfers_h2d = sum(l.transfers for l in links)
+            metrics.h2d_busy_s = sum(l.busy_s for l in links)
+            metrics.h2d_busy_prefetch_s = sum(l.busy_prefetch_s for l in links)
+            prefetch.bytes = sum(l.bytes_prefetch for l in links)
+            if memory.nvme is not None:
+                metrics.nvme_busy_s = memory.nvme.busy_s
         else:
             metrics.bytes_h2d = metrics.bytes_demand + prefetch.bytes
         metrics.prefetch = prefetch

@@ -1,0 +1,85 @@
+"""Where a missed expert comes from: its home tier and the paths that bring it to the GPU.
+
+home "dram": every expert lives in CPU DRAM; a GPU miss crosses the host-to-device link.
+home "nvme": experts live on NVMe, and DRAM may keep a cache of them (`dram_cache`, its own capacity and policy).
+A GPU miss whose expert is in DRAM crosses the host-to-device link; otherwise it is read from NVMe, either into DRAM
+and then over the host-to-device link ("staged", and it enters the DRAM cache), or straight into GPU memory over
+GPUDirect Storage ("gds"). NVMe reads queue on their own link, whose `copy_engines` is the number of reads in flight.
+
+Within a layer step, fetches from DRAM are booked before fetches that must first come off NVMe, so that a fast
+fetch never queues behind a slow one's later start.
+"""
+
+from __future__ import annotations
+
+from simulator.cache import ExpertCache
+from simulator.link import Link, Transfer
+
+HOMES = ("dram", "nvme")
+PATHS = ("staged", "gds")
+
+
+class MemoryHierarchy:
+    def __init__(self, h2d: Link | None, experts_per_layer: int, *, nvme: Link | None = None, gds: Link | None = None,
+                 dram_cache: ExpertCache | None = None, home: str = "dram", path: str = "staged"):
+        self.h2d = h2d
+        self.nvme = nvme
+        self.gds = gds
+        self.dram_cache = dram_cache
+        self.on_nvme = home == "nvme"
+        self.direct = path == "gds"
+        self.experts_per_layer = experts_per_layer
+        self.dram_accesses = 0
+        self.dram_hits = 0
+        self.bytes_nvme = 0
+
+    def in_dram(self, layer: int, expert: int) -> bool:
+        """Judge (and, for a staged read, load) the expert in the DRAM tier; counts the DRAM access."""
+        if not self.on_nvme:
+            return True
+        self.dram_accesses += 1
+        if self.dram_cache is None:
+            return False
+        if self.direct:
+            hit = self.dram_cache.is_resident(layer, expert)
+        else:
+            hit = not self.dram_cache.access(layer, [expert])
+        self.dram_hits += hit
+        return hit
+
+    def demand(self, layer: int, fetches: list[tuple[int, int]], now: float) -> list[float]:
+        """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order."""
+        arrivals = [0.0] * len(fetches)
+        from_nvme = []
+        for i, (expert, nbytes) in enumerate(fetches):
+            if self.in_dram(layer, expert):
+                if self.h2d is not None:
+                    arrivals[i] = self.h2d.transfer(now, nbytes)
+            else:
+                from_nvme.append(i)
+                self.bytes_nvme += fetches[i][1]
+        if self.h2d is None:
+            return arrivals
+        for i in from_nvme:
+            nbytes = fetches[i][1]
+            if self.direct:
+                arrivals[i] = self.gds.transfer(now, nbytes)
+            else:
+                arrivals[i] = self.h2d.transfer(self.nvme.transfer(now, nbytes), nbytes)
+        return arrivals
+
+    def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:
+        """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first."""
+        if self.in_dram(layer, expert):
+            return self.h2d.prefetch(now, key, nbytes)
+        self.bytes_nvme += nbytes
+        if self.direct:
+            return self.gds.prefetch(now, key, nbytes)
+        return self.h2d.prefetch(self.nvme.transfer(now, nbytes), key, nbytes)
+
+    def links(self) -> list[Link]:
+        return [link for link in (self.h2d, self.gds) if link is not None]
+
+    def advance(self, now: float) -> None:
+        for link in self.links():
+            link.advance(now)
