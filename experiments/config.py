@@ -40,6 +40,18 @@ class CacheConfig(_Strict):
     reset_per_sequence: bool = False
 
 
+class MemoryConfig(_Strict):
+    home: Literal["dram", "nvme"] = "dram"
+    """Where every expert lives: CPU DRAM, or NVMe (needs the profile's `nvme` section)."""
+    path: Literal["staged", "gds"] = "staged"
+    """NVMe to GPU through DRAM, or by GPUDirect Storage (needs the profile's `gds` section)."""
+    dram_capacity: int | None = Field(default=None, ge=1)
+    """Experts the DRAM tier keeps of those read from NVMe; None: DRAM caches none."""
+    dram_policy: str = "lru"
+    pinned: bool = True
+    """Host buffers pinned; False uses the link's `pageable_bandwidth_Bps` where the profile gives it."""
+
+
 class ReplayConfig(_Strict):
     timed: bool = True
     batch_rows: int = Field(default=65536, ge=1)
@@ -53,6 +65,7 @@ class RunConfig(_Strict):
     policy: dict
     prefetch: dict = {"_target_": None}
     miss: dict = {"_target_": None}
+    memory: MemoryConfig = MemoryConfig()
     cache: CacheConfig
     replay: ReplayConfig
     seed: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from simulator.cache import ExpertCache
 from simulator.compute import miss_costs, step_costs
 from simulator.errors import InputError
 from simulator.hardware import HardwareProfile
+from simulator.link import Link
+from simulator.memory import MemoryHierarchy
 from simulator.metrics import Metrics
 from simulator.model import MoEModel
 from simulator.presets import get_preset, with_dtype
@@ -110,6 +112,31 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
     return prefetcher
 
 
+def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> MemoryHierarchy:
+    """The tiers behind the GPU, with links only in a timed replay."""
+    mem = run.memory
+    for needed, section in ((mem.home == "nvme", "nvme"), (mem.home == "nvme" and mem.path == "gds", "gds")):
+        if needed and getattr(hardware, section) is None:
+            raise InputError(f"memory: profile {hardware.name} has no '{section}' section (needed by memory.home={mem.home}, memory.path={mem.path})")
+    if mem.dram_capacity is not None and mem.home != "nvme":
+        raise InputError("memory.dram_capacity: a DRAM cache needs memory.home=nvme (with home=dram every expert is in DRAM)")
+    dram_cache = None
+    if mem.dram_capacity is not None:
+        dram_cache = ExpertCache(policy_factory({"_target_": mem.dram_policy}, run.seed, model), mem.dram_capacity, "global", model)
+        if dram_cache.offline:
+            raise InputError(f"memory.dram_policy: {mem.dram_policy} is an offline policy; the DRAM tier needs an online one")
+    h2d = hardware.h2d
+    if not mem.pinned and h2d.pageable_bandwidth_Bps:
+        h2d = replace(h2d, bandwidth_Bps=h2d.pageable_bandwidth_Bps)
+    timed = run.replay.timed
+
+    def link(spec):
+        return Link(spec) if timed and spec is not None else None
+
+    return MemoryHierarchy(link(h2d), model.experts_per_layer, nvme=link(hardware.nvme), gds=link(hardware.gds),
+                           dram_cache=dram_cache, home=mem.home, path=mem.path)
+
+
 def simulate(run: RunConfig, progress=None) -> RunResult:
     """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
     `update(rows)` is called as the replay goes."""
@@ -146,6 +173,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         prefetcher=prefetcher,
         miss_handler=miss_handler,
         miss_costs=miss_costs(model, hardware) if miss_handler is not None else None,
+        memory=make_memory(run, model, hardware),
         progress=progress.update if progress is not None else None,
     )
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)
