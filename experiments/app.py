@@ -52,9 +52,9 @@ def register_config_groups() -> None:
     for name, entry in MISS_HANDLERS.items():
         node = {"_target_": None} if entry is None else class_node(entry, load_class(name, MISS_HANDLERS, "miss"), ())
         cs.store(group="miss", name=name, node=node)
-    cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None})
+    cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None, "kind": None})
     for name in PRESETS:
-        cs.store(group="model", name=name, node={"preset": name, "dtype": None})
+        cs.store(group="model", name=name, node={"preset": name, "dtype": None, "kind": None})
     for name in list_profiles():
         cs.store(group="hardware", name=name, node={"profile": name})
 

@@ -28,6 +28,8 @@ class ModelConfig(_Strict):
     preset: str | None = None
     """A preset name (simulator.presets) to use instead of the model described in the trace's metadata."""
     dtype: str | None = None
+    kind: Literal["moe", "mole"] | None = None
+    """`mole` replays the same routing as a Mixture of Lookup Experts (rows fetched, no expert compute)."""
 
 
 class HardwareConfig(_Strict):

@@ -37,7 +37,12 @@ class RunResult:
 
 
 def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
-    """The trace's own model, or a preset whose routed shape must match the trace's."""
+    """The trace's own model, or a preset whose routed shape must match the trace's; `model.kind` last."""
+    model = _shape(trace, run)
+    return model if run.model.kind is None else replace(model, kind=run.model.kind)
+
+
+def _shape(trace: TraceFile, run: RunConfig) -> MoEModel:
     if run.model.preset is None:
         model = trace.meta.model
         return model if run.model.dtype is None else with_dtype(model, run.model.dtype)
@@ -118,6 +123,8 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
     for needed, section in ((mem.home == "nvme", "nvme"), (mem.home == "nvme" and mem.path == "gds", "gds")):
         if needed and getattr(hardware, section) is None:
             raise InputError(f"memory: profile {hardware.name} has no '{section}' section (needed by memory.home={mem.home}, memory.path={mem.path})")
+    if mem.dram_capacity is not None and model.kind == "mole":
+        raise InputError("memory.dram_capacity: a MoLE model's table rows are read from their home; no DRAM cache")
     if mem.dram_capacity is not None and mem.home != "nvme":
         raise InputError("memory.dram_capacity: a DRAM cache needs memory.home=nvme (with home=dram every expert is in DRAM)")
     dram_cache = None

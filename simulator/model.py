@@ -28,6 +28,10 @@ class MoEModel:
     """Parameters read by the GPU per MoE layer besides routed experts: attention, norms, router, shared experts."""
     gated: bool = True
     """SwiGLU-style experts have three matrices (gate, up, down); Switch/NLLB-style experts have two."""
+    kind: str = "moe"
+    """"moe": experts are FFN weights fetched on a miss and computed on the GPU. "mole": Mixture of Lookup Experts,
+    experts re-parameterised as tables keyed by token id; a layer step fetches its routed experts' rows (one hidden
+    vector each) from the experts' home and computes nothing."""
 
     @property
     def expert_params(self) -> int:
@@ -36,6 +40,11 @@ class MoEModel:
     @property
     def bytes_per_expert(self) -> int:
         return int(round(self.expert_params * self.param_bytes))
+
+    @property
+    def lut_row_bytes(self) -> int:
+        """One lookup-table row of a MoLE expert: the expert's output vector for one token id."""
+        return int(round(self.hidden_size * self.param_bytes))
 
     @property
     def total_experts(self) -> int:

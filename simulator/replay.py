@@ -134,6 +134,9 @@ class _Replay:
             memory = MemoryHierarchy(Link(timing.h2d) if timing else None, model.experts_per_layer)
         self.memory = memory
         self.link = memory.h2d
+        self.lookup = model.kind == "mole"
+        if self.lookup and (prefetcher is not None or miss_handler is not None):
+            raise InputError("model.kind=mole: lookup experts are fetched by token id; no prefetcher or miss handler")
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
         self.miss_costs = miss_costs
@@ -232,6 +235,9 @@ class _Replay:
             view.now_s = self.now
             self._issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
         t_router = self.now + timing.costs.non_expert_s if timing else 0.0
+        if self.lookup:
+            self._lookup_step(layer, experts, t_router)
+            return
         if self.inflight:
             self._land(t_router, layer, experts)
         if weights is not None and cache.uses_gate_weights:
@@ -306,6 +312,24 @@ class _Replay:
             metrics.stall_time_s += stall
             per_layer.stall_s[layer] += stall
             self.now = gpu
+
+    def _lookup_step(self, layer: int, experts: list[int], t_router: float) -> None:
+        """A Mixture-of-Lookup-Experts step: the routed experts' table rows come from the experts' home in one read;
+        no expert is cached or computed (every access is a miss)."""
+        metrics = self.metrics
+        nbytes = len(experts) * self.cache.model.lut_row_bytes
+        metrics.per_layer.accesses[layer] += len(experts)
+        metrics.per_layer.bytes_h2d[layer] += nbytes
+        metrics.layer_steps += 1
+        if self.timing:
+            arrival = self.memory.demand(layer, [(-1, nbytes)], t_router)[0] if experts else t_router
+            stall = max(0.0, arrival - t_router)
+            metrics.compute_time_s += self.timing.costs.non_expert_s
+            metrics.stall_time_s += stall
+            metrics.per_layer.stall_s[layer] += stall
+            self.now = t_router + stall
+        elif self.memory.on_nvme and experts:
+            self.memory.demand(layer, [(-1, nbytes)], t_router)
 
     # -- miss handling -------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +54,7 @@ class _ModelFields(BaseModel):
     param_bytes: float = Field(gt=0)
     non_expert_params_per_layer: int = Field(ge=0)
     gated: bool = True
+    kind: Literal["moe", "mole"] = "moe"
 
     @model_validator(mode="after")
     def _top_k_fits(self):
