@@ -94,7 +94,8 @@ def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | 
 
 
 def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
-    """The configured prefetcher, trained on `prefetch.train_trace` if given; None for `prefetch=none`."""
+    """The configured prefetcher, trained on `prefetch.train_trace` if given and it learns (`fit`); None for
+    `prefetch=none`."""
     if spec.get("_target_") is None:
         return None
     try:
@@ -107,9 +108,7 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
         prefetcher.column = trace.prediction_columns[0]
         prefetcher.predictions = (prefetcher.column,)
     train = spec.get("train_trace")
-    if train:
-        if not hasattr(prefetcher, "fit"):
-            raise InputError(f"prefetch.train_trace: {type(prefetcher).__name__} learns nothing from a trace")
+    if train and hasattr(prefetcher, "fit"):  # prefetchers that learn nothing ignore it (a sweep may set it for all)
         training = TraceFile(train)
         if training.meta.model.experts_per_layer != model.experts_per_layer or training.meta.model.moe_layers != model.moe_layers:
             raise InputError(f"prefetch.train_trace: {train} has another model shape than {trace.path}")
