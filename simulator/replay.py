@@ -206,14 +206,15 @@ class _Replay:
         view = self.view
         token = self._current
         out = [(l, e) for l, e in zip(token.layers, token.experts) if l > view.layer][:steps]
-        ahead = iter(self._upcoming)
+        ahead = 0
         while len(out) < steps:
-            nxt = next(ahead, None)
-            if nxt is None:
+            if ahead == len(self._upcoming):
                 nxt = next(self._tokens, None)
                 if nxt is None:
                     break
                 self._upcoming.append(nxt)
+            nxt = self._upcoming[ahead]
+            ahead += 1
             out.extend(zip(nxt.layers, nxt.experts))
         return out[:steps]
 

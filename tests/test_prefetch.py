@@ -225,3 +225,10 @@ def test_a_preempting_link_pauses_the_prefetch_on_the_wire():
     # 0.5 s left; the demand runs 3.75..5.75, the prefetch ends 6.25.
     assert link.transfer(3.5, 24) == 5.75
     assert a.end_s == 6.25
+
+
+def test_oracle_horizon_reaches_across_several_tokens():
+    model = toy_model(layers=2, top_k=1)
+    rows = [(0, t, l, [(t + l) % 4]) for t in range(6) for l in range(2)]
+    m = hit_only(rows, OraclePrefetcher(model, horizon=5), capacity=4)
+    assert m.misses == 0  # every step was prefetched before its router spoke
