@@ -12,7 +12,14 @@ from hardware_profiles.schema import PROFILE_DIR
 from simulator.errors import InputError
 from simulator.hardware import HardwareProfile
 
-EXPECTED = {"rtx4090_pcie4", "rtx3090_pcie4", "a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
+EXPECTED = {"rtx4090_pcie4", "rtx3090_pcie4", "a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c",
+            "rtx4070_laptop_pcie4x8", "jetson_agx_orin_64g", "jetson_orin_nano_super",
+            "rtx4090_pcie4_nvme5", "h100_pcie5_nvme5", "h200_pcie5_nvme5", "gh200_c2c_nvme5"}
+UNIFIED_MEMORY = {"jetson_agx_orin_64g", "jetson_orin_nano_super"}
+"""Edge devices whose CPU and GPU share one memory: h2d/d2h are modelled as that memory."""
+DATA_CENTRE = {"a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
+GEN5_SUFFIX = "_nvme5"
+"""`<base>_nvme5` is `<base>` with a Gen5 NVMe drive in place of the Gen4 one, and nothing else changed."""
 
 
 @pytest.mark.parametrize("name", list_profiles())
@@ -21,7 +28,9 @@ def test_shipped_profile_loads(name):
     assert isinstance(profile, HardwareProfile)
     assert profile.name == name
     assert profile.description
-    for section in (profile.gpu, profile.h2d, profile.d2h, profile.cpu):
+    for section in (profile.gpu, profile.h2d, profile.d2h, profile.cpu, profile.nvme, profile.gds):
+        if section is None:
+            continue
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -31,13 +40,80 @@ def test_shipped_profile_loads(name):
 def test_every_shipped_number_has_its_own_citation():
     for name in list_profiles():
         doc = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
-        for section in ("gpu", "h2d", "d2h", "cpu"):
+        sections = [key for key, value in doc.items() if isinstance(value, dict)]
+        assert {"gpu", "h2d", "d2h", "cpu", "nvme"} <= set(sections) <= {"gpu", "h2d", "d2h", "cpu", "nvme", "gds"}, name
+        for section in sections:
             numbers = {k for k in doc[section] if k not in ("name", "source", "sources")}
             assert numbers <= set(doc[section]["sources"]), f"{name}.{section}"
+            assert all(str(text).strip() for text in doc[section]["sources"].values()), f"{name}.{section}"
 
 
 def test_expected_profiles_are_shipped():
     assert EXPECTED <= set(list_profiles())
+
+
+def test_library_has_at_least_eight_distinct_machines():
+    """Machines, not files: a Gen5 variant is the same machine with another drive."""
+    bases = [name for name in list_profiles() if not name.endswith(GEN5_SUFFIX)]
+    machines = {load_profile(name).gpu.name for name in bases}
+    assert len(machines) == len(bases) >= 8, sorted(machines)
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_profile_has_an_nvme_tier(name):
+    profile = load_profile(name)
+    assert profile.nvme is not None
+    assert profile.nvme.bandwidth_Bps > 0 and profile.nvme.latency_s > 0 and profile.nvme.copy_engines >= 1
+    # NVMe is the slow tier: slower than DRAM-to-GPU, and one drive is no faster than 16 GB/s (Gen5 x4 is 15.75).
+    assert profile.nvme.bandwidth_Bps < profile.h2d.bandwidth_Bps
+    assert profile.nvme.bandwidth_Bps < 16e9
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_gds_only_on_data_centre_machines_and_no_faster_than_the_drive(name):
+    profile = load_profile(name)
+    base = name.removesuffix(GEN5_SUFFIX)
+    assert (profile.gds is not None) == (base in DATA_CENTRE)
+    if profile.gds is not None:
+        assert profile.gds.bandwidth_Bps <= profile.nvme.bandwidth_Bps  # one drive: GDS cannot outrun it
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_pageable_bandwidth_below_pinned(name):
+    profile = load_profile(name)
+    for link in (profile.h2d, profile.d2h):
+        if link.pageable_bandwidth_Bps is not None:
+            assert link.pageable_bandwidth_Bps < link.bandwidth_Bps
+
+
+def test_gen5_variants_exist_for_a_consumer_and_a_data_centre_machine():
+    variants = {name for name in list_profiles() if name.endswith(GEN5_SUFFIX)}
+    assert {"rtx4090_pcie4_nvme5", "h100_pcie5_nvme5"} <= variants
+
+
+@pytest.mark.parametrize("name", [n for n in list_profiles() if n.endswith(GEN5_SUFFIX)])
+def test_gen5_variant_is_its_base_with_a_faster_drive(name):
+    base_name = name.removesuffix(GEN5_SUFFIX)
+    assert base_name in list_profiles()
+    variant, base = load_profile(name), load_profile(base_name)
+    assert variant.nvme.bandwidth_Bps > base.nvme.bandwidth_Bps
+    assert (variant.gds is None) == (base.gds is None)
+    if base.gds is not None:
+        assert variant.gds.bandwidth_Bps > base.gds.bandwidth_Bps
+    assert (variant.gpu, variant.h2d, variant.d2h, variant.cpu) == (base.gpu, base.h2d, base.d2h, base.cpu)
+    docs = [yaml.safe_load((PROFILE_DIR / f"{n}.yaml").read_text(encoding="utf-8")) for n in (name, base_name)]
+    for section in ("gpu", "h2d", "d2h", "cpu"):
+        assert docs[0][section] == docs[1][section], f"{name}.{section}: citations drifted from {base_name}"
+
+
+@pytest.mark.parametrize("name", sorted(UNIFIED_MEMORY))
+def test_unified_memory_links_are_the_memory_itself(name):
+    profile = load_profile(name)
+    memory = profile.gpu.memory_bandwidth_Bps
+    assert profile.cpu.memory_bandwidth_Bps == memory
+    for link in (profile.h2d, profile.d2h):
+        assert link.bandwidth_Bps == memory and link.latency_s <= 1e-6
+    assert profile.gds is None  # an NVMe read into DRAM already lands in the GPU's memory
 
 
 def test_load_by_path_equals_load_by_name(tmp_path):
