@@ -180,6 +180,11 @@ def test_long_parquet_equals_csv(tmp_path):
     long_format.import_files([tmp_path / "l.csv"], tmp_path / "a.parquet", TOY)
     long_format.import_files([tmp_path / "l.parquet"], tmp_path / "b.parquet", TOY)
     assert np.array_equal(rows_of(tmp_path / "a.parquet")[1]["experts"], rows_of(tmp_path / "b.parquet")[1]["experts"])
+    frame = pd.read_csv(tmp_path / "l.csv")
+    frame["expert"] = frame["expert"].astype(float)
+    frame.to_parquet(tmp_path / "f.parquet")
+    with pytest.raises(InputError, match="f.parquet: column 'expert': type double is not an integer type"):
+        long_format.import_files([tmp_path / "f.parquet"], tmp_path / "c.parquet", TOY)
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from simulator.errors import InputError
 from simulator.model import MoEModel
 from traces.format import TraceChunk, TraceMeta
-from traces.importers import ImportSummary, natural_key, write_chunks
+from traces.importers import ImportSummary, expand_inputs, write_chunks
 
 IMPORTER_VERSION = 1
 DEFAULT_MODEL = None
@@ -45,7 +45,7 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     """Import long-format files into one trace."""
     if model is None:
         raise InputError("arguments: --model is required for --format long (the rows do not name their model)")
-    files = _expand(inputs)
+    files = expand_inputs(inputs, SUFFIXES)
     cols = {name: [] for name in REQUIRED + OPTIONAL}
     origin = []  # (file, first global row) to name the file and row of an error
     has_weight = None
@@ -157,24 +157,6 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     return ImportSummary(Path(out), rows, sequences, n_tokens, notes=notes)
 
 
-def _expand(inputs: Iterable[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted((p for p in item.iterdir() if p.is_file() and p.name.endswith(SUFFIXES)),
-                           key=lambda p: natural_key(p.name))
-            if not found:
-                raise InputError(f"{item}: folder has no {', '.join(SUFFIXES)} files")
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise InputError(f"{item}: no such file or folder")
-    if not files:
-        raise InputError("input: no input files given")
-    return files
-
-
 def _read(path: Path) -> pa.Table:
     try:
         if path.name.endswith((".parquet", ".pq")):
@@ -188,32 +170,26 @@ def _read(path: Path) -> pa.Table:
 
 
 def _integers(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    column = table[name]
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {row + 1}: field '{name}': empty")
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        ok = pc.match_substring_regex(column, _INT).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not an integer")
-        return pc.cast(pc.utf8_trim_whitespace(column), pa.int64()).to_numpy()
-    if not pa.types.is_integer(column.type):
-        raise InputError(f"{path}: column '{name}': type {column.type} is not an integer type")
-    return column.to_numpy().astype(np.int64)
+    return _numbers(table, name, path, _INT, "an integer", pa.types.is_integer, pa.int64())
 
 
 def _floats(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    return _numbers(table, name, path, _FLOAT, "a number",
+                    lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), pa.float64())
+
+
+def _numbers(table: pa.Table, name: str, path: Path, pattern: str, noun: str, accepts, target: pa.DataType) -> np.ndarray:
+    """A column as numbers: text (CSV) checked against `pattern` row by row, typed (Parquet) checked by `accepts`."""
     column = table[name]
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{path}: row {row + 1}: field '{name}': empty")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        ok = pc.match_substring_regex(column, _FLOAT).to_numpy(zero_copy_only=False)
+        ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(~ok)
         if bad.size:
-            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not a number")
-        return pc.cast(pc.utf8_trim_whitespace(column), pa.float64()).to_numpy()
-    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
-        raise InputError(f"{path}: column '{name}': type {column.type} is not numeric")
-    return column.to_numpy().astype(np.float64)
+            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not {noun}")
+        return pc.cast(pc.utf8_trim_whitespace(column), target).to_numpy()
+    if not accepts(column.type):
+        raise InputError(f"{path}: column '{name}': type {column.type} is not {noun} type")
+    return pc.cast(column, target).to_numpy()
