@@ -160,16 +160,23 @@ class ExpertCache:
     def is_resident(self, layer: int, expert: int) -> bool:
         return self.offsets[layer] + expert in self.policies[layer].resident
 
-    def admit_prefetch(self, layer: int, expert: int, step_layer: int, step_experts: list[int]) -> bool:
+    def admit_prefetch(self, layer: int, expert: int, step_layer: int, step_experts: list[int],
+                       requested: set[int] = frozenset()) -> bool:
         """Insert a prefetched expert through the policy, never evicting an expert of the step now running
-        (`step_layer`, `step_experts`); returns False, inserting nothing, when every resident expert is protected."""
+        (`step_layer`, `step_experts`) nor one the same prefetch request asked for (`requested`, model-wide keys
+        layer·experts_per_layer + expert); returns False, inserting nothing, when every resident expert is protected."""
         policy = self.policies[layer]
         offset = self.offsets[layer]
+        protected = set()
         if policy is self.policies[step_layer]:
             step_offset = self.offsets[step_layer]
-            protected = {step_offset + e for e in step_experts}
-        else:
-            protected = ()
+            protected.update(step_offset + e for e in step_experts)
+        if requested:
+            if self.scope == "global":
+                protected |= requested
+            else:
+                base = layer * self.model.experts_per_layer
+                protected.update(k - base for k in requested if base <= k < base + self.model.experts_per_layer)
         if len(policy) >= policy.capacity and all(key in protected for key in policy.resident):
             return False
         evicted = policy.admit(offset + expert, protected)

@@ -150,6 +150,7 @@ class _Replay:
         self.inflight: dict[int, Transfer] = {}  # issued, not yet inserted into the cache
         self.inflight_order: deque[Transfer] = deque()  # the same, in issue order (= arrival order)
         self.unused: set[int] = set()  # prefetched, in the cache, not yet used
+        self.requested: set[int] = set()  # the prefetcher's latest request: protected from other prefetches
         self._upcoming: deque[Token] = deque()
         self._tokens: Iterator[Token] | None = None
         if prefetcher is not None:
@@ -165,7 +166,7 @@ class _Replay:
         for end in self.steps(tokens):
             if end == math.inf:
                 continue  # a transfer that never arrives (zero bandwidth): the clock cannot pass infinity
-            yield env.timeout(end - env.now)
+            yield env.timeout(max(0.0, end - env.now))  # env.now may sit one rounding above `end`
 
     def steps(self, tokens: Iterable[Token]) -> Iterator[float]:
         """Run every layer step in order; yields each step's end time (0 without a clock)."""
@@ -372,6 +373,7 @@ class _Replay:
         cache, per = self.cache, self.experts_per_layer
         requests = list(requests)
         cache.mark_prefetch_candidates(requests)
+        self.requested = {layer * per + expert for layer, expert in requests}
         for layer, expert in requests:
             key = layer * per + expert
             if key in self.inflight or cache.is_resident(layer, expert):
@@ -403,7 +405,7 @@ class _Replay:
 
     def _insert_prefetched(self, key: int, step_layer: int, step_experts: list[int]) -> None:
         layer, expert = divmod(key, self.experts_per_layer)
-        if self.cache.admit_prefetch(layer, expert, step_layer, step_experts):
+        if self.cache.admit_prefetch(layer, expert, step_layer, step_experts, self.requested):
             self.unused.add(key)
         else:
             self.prefetch.wasted += 1  # no slot it could take: the bytes crossed for nothing
