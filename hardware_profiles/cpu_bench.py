@@ -55,33 +55,55 @@ def ffn_widths(ffn: int, count: int) -> list[int]:
     return sorted({max(8, ffn >> i) for i in range(count)})
 
 
-def time_cpu_ffn(hidden: int, widths: Sequence[int], repeats: int, threads: int | None,
-                 tokens: int = 1, seed: int = 0, tick: Callable[[], None] | None = None) -> PathMeasurement:
-    """Mean time of one expert FFN on `tokens` tokens per width, cold weights; fitted against weight bytes."""
-    rng = np.random.default_rng(seed)
-    pool_bytes = 4 * last_level_cache_bytes()
-    x = rng.standard_normal((tokens, hidden), dtype=DTYPE)
-    samples: dict[int, list[float]] = {}
-    with threadpool_limits(limits=threads, user_api="blas"):
-        for ffn in widths:
+class CpuFfnProbe:
+    """Pools of cold expert weights at several widths, timed on demand (kept across measurements, as
+    `storage_bench.StorageProbe` is)."""
+
+    def __init__(self, hidden: int, widths: Sequence[int], threads: int | None, tokens: int = 1, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.hidden, self.widths, self.threads, self.tokens = hidden, list(widths), threads, tokens
+        self.pool_bytes = 4 * last_level_cache_bytes()
+        self.x = rng.standard_normal((tokens, hidden), dtype=DTYPE)
+        self.pools = {}
+        for ffn in self.widths:
             nbytes = expert_params(hidden, ffn) * PARAM_BYTES
             base = random_block(hidden, ffn, rng)
-            pool = [expert_views(base * DTYPE(1 + i * 1e-3), hidden, ffn) for i in range(max(2, math.ceil(pool_bytes / nbytes)))]
-            for w in pool[:2]:
-                gated_ffn(x, *w)  # warm the code path, not the weights
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for w in pool:
-                    gated_ffn(x, *w)
-                times.append((time.perf_counter() - t0) / len(pool))
-            samples[nbytes] = times
-            del pool, base
-            if tick:
-                tick()
-    method = (f"numpy gated FFN (float32, hidden {hidden}, widths {list(widths)}, {tokens} token(s), "
-              f"{threads or 'default'} BLAS thread(s)), cold weights from a {pool_bytes >> 20} MiB pool, mean of {repeats} passes")
-    return PathMeasurement.from_samples("cpu expert FFN", method, samples)
+            count = max(2, math.ceil(self.pool_bytes / nbytes))
+            self.pools[nbytes] = [expert_views(base * DTYPE(1 + i * 1e-3), hidden, ffn) for i in range(count)]
+
+    def samples(self, repeats: int, tick: Callable[[], None] | None = None) -> dict[int, list[float]]:
+        """Per weight size in bytes, `repeats` mean times of one expert FFN (each over a pass through its pool)."""
+        samples: dict[int, list[float]] = {}
+        x = self.x
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            for nbytes, pool in self.pools.items():
+                for w in pool[:2]:
+                    gated_ffn(x, *w)  # warm the code path, not the weights
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    for w in pool:
+                        gated_ffn(x, *w)
+                    times.append((time.perf_counter() - t0) / len(pool))
+                samples[nbytes] = times
+                if tick:
+                    tick()
+        return samples
+
+    def method(self, repeats: int) -> str:
+        return (f"numpy gated FFN (float32, hidden {self.hidden}, widths {self.widths}, {self.tokens} token(s), "
+                f"{self.threads or 'default'} BLAS thread(s)), cold weights from a {self.pool_bytes >> 20} MiB pool, "
+                f"mean of {repeats} passes")
+
+    def measure(self, repeats: int, tick: Callable[[], None] | None = None) -> PathMeasurement:
+        """Mean time of one expert FFN per width over `repeats` passes through its pool, fitted against weight bytes."""
+        return PathMeasurement.from_samples("cpu expert FFN", self.method(repeats), self.samples(repeats, tick))
+
+
+def time_cpu_ffn(hidden: int, widths: Sequence[int], repeats: int, threads: int | None,
+                 tokens: int = 1, seed: int = 0, tick: Callable[[], None] | None = None) -> PathMeasurement:
+    """One measurement with a `CpuFfnProbe` made for it."""
+    return CpuFfnProbe(hidden, widths, threads, tokens, seed).measure(repeats, tick)
 
 
 def cpu_flops(hidden: int, ffn: int, tokens: int, repeats: int, threads: int | None, seed: int = 0) -> tuple[float, list[float]]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hardware_profiles.aio import AsyncReader
 from hardware_profiles.fit import PathMeasurement
 from hardware_profiles.uncached_read import UncachedReader, aligned_buffer, write_padded
 
@@ -36,34 +37,93 @@ def mount_of(path: str | os.PathLike) -> str:
     return f"{best[1]} ({best[2]} on {best[0]})" if best else str(path)
 
 
-def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repeats: int,
-                       tick: Callable[[], None] | None = None, method: str | None = None) -> PathMeasurement:
-    """Mean whole-file uncached read time per size, fitted; scratch files live in a temporary folder of
-    `directory` and are removed afterwards."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="moe-calibrate-", dir=directory))
-    try:
-        reader = UncachedReader(scratch, method)
+class StorageProbe:
+    """Scratch files of several sizes in a temporary folder of `directory`, read on demand; `close()` removes them.
+
+    Kept open across measurements so that a long experiment can re-measure the device next to each run (storage
+    shared with other work drifts over minutes) without writing the files again.
+    """
+
+    def __init__(self, directory: str | os.PathLike, sizes: Sequence[int], method: str | None = None):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.sizes = sorted(sizes)
+        self.scratch = Path(tempfile.mkdtemp(prefix="moe-calibrate-", dir=directory))
+        self.reader = UncachedReader(self.scratch, method)
         payload = os.urandom(max(sizes))
-        files = {s: [scratch / f"{s}_{i}" for i in range(FILES_PER_SIZE)] for s in sizes}
-        for s, paths in files.items():
+        self.files = {s: [self.scratch / f"{s}_{i}" for i in range(FILES_PER_SIZE)] for s in self.sizes}
+        for s, paths in self.files.items():
             for p in paths:
                 write_padded(p, payload[:s])
-        buffer = aligned_buffer(max(sizes))
+        self.buffer = aligned_buffer(max(sizes))
+
+    def samples(self, repeats: int, tick: Callable[[], None] | None = None) -> dict[int, list[float]]:
+        """`repeats` whole-file uncached read times per size."""
+        read = self.reader.read_into
         samples: dict[int, list[float]] = {}
-        for s in sizes:
-            reader.read_into(files[s][0], buffer, s)  # warm the code path
+        for s in self.sizes:
+            read(self.files[s][0], self.buffer, s)  # warm the code path
             times = []
             for r in range(repeats):
-                p = files[s][r % FILES_PER_SIZE]
+                p = self.files[s][r % FILES_PER_SIZE]
                 t0 = time.perf_counter()
-                reader.read_into(p, buffer, s)
+                read(p, self.buffer, s)
                 times.append(time.perf_counter() - t0)
             samples[s] = times
             if tick:
                 tick()
-        method_text = (f"{reader.method} whole-file reads (open, read, close), one at a time, {FILES_PER_SIZE} files "
-                       f"per size in rotation on {mount_of(scratch)}, mean of {repeats}")
-        return PathMeasurement.from_samples("storage read", method_text, samples)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        return samples
+
+    def method(self, repeats: int) -> str:
+        return (f"{self.reader.method} whole-file reads (open, read, close), one at a time, {FILES_PER_SIZE} files "
+                f"per size in rotation on {mount_of(self.scratch)}, mean of {repeats}")
+
+    def measure(self, repeats: int, tick: Callable[[], None] | None = None) -> PathMeasurement:
+        """Mean in-thread read time per size over `repeats` reads, fitted."""
+        return PathMeasurement.from_samples("storage read", self.method(repeats), self.samples(repeats, tick))
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> "StorageProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repeats: int,
+                       tick: Callable[[], None] | None = None, method: str | None = None) -> PathMeasurement:
+    """One measurement with a `StorageProbe` made and removed for it."""
+    with StorageProbe(directory, sizes, method) as probe:
+        return probe.measure(repeats, tick)
+
+
+def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, buffers: Sequence,
+                  bursts: Sequence[int], repeats: int, rng) -> dict[int, list[float]]:
+    """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT) until the last completes,
+    per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes). Each burst reads k distinct files of one
+    group drawn at random (a group: files that are read together, e.g. the experts of one layer, which lie near each
+    other on disk). Fitted, latency + bytes / bandwidth is the link a simulator sees when several copies may be set
+    up at once and the wire carries one at a time."""
+    samples: dict[int, list[float]] = {}
+    for k in bursts:
+        times = []
+        for _ in range(repeats):
+            group = groups[rng.integers(len(groups))]
+            chosen = rng.choice(len(group), size=min(k, len(group)), replace=False)
+            reads = [(group[i], buffers[j], nbytes) for j, i in enumerate(chosen)]
+            t0 = time.perf_counter()
+            tickets = reader.submit(reads)
+            for ticket in tickets:
+                reader.wait(ticket)
+            times.append(time.perf_counter() - t0)
+        samples[k * nbytes] = times
+    return samples
+
+
+def burst_method(groups: Sequence[Sequence[Path]], bursts: Sequence[int], repeats: int) -> str:
+    files = sum(len(g) for g in groups)
+    where = mount_of(groups[0][0]) if groups and groups[0] else "?"
+    return (f"bursts of {list(bursts)} whole-file reads (open, O_DIRECT Linux native AIO, close) submitted at once and "
+            f"polled until the last completes, the files of a burst drawn from one of {len(groups)} groups "
+            f"({files} files) on {where}, mean of {repeats}")

@@ -1,0 +1,180 @@
+"""A real expert-offloading runtime in miniature, on the CPU: what `moe-validate` times against the simulator.
+
+- Slow tier: every expert is one file on disk (`ExpertStore`), float32 [W_gate | W_up | W_down], padded for O_DIRECT.
+- Fast tier: per MoE layer, `capacity` page-aligned DRAM slots, managed by the simulator's own `ExpertCache` (the
+  same policy code and scope the simulation replays), so hits and misses are the simulation's by construction and
+  only time is being compared.
+- A layer step's misses are read from disk with the page cache defeated, all handed to the kernel at once
+  (`aio.AsyncReader`: O_DIRECT, Linux native AIO), so the device works while the CPU computes, as a GPU's copy
+  engine does, with no helper thread that the loaded machine would have to schedule.
+- Compute is real: per layer step a router matmul (hidden × experts, the step's non-expert work) and then one gated
+  FFN (`expert_ffn.gated_ffn`) per routed expert on one token, with BLAS on one thread.
+
+A layer step follows the simulator's timing model (README "Timing model"): the router runs, the misses are submitted
+in router order, the resident experts are computed, then each missed expert once its read has completed. Time spent
+polling for a read is the stall.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_views, gated_ffn, random_block
+from hardware_profiles.aio import AsyncReader
+from hardware_profiles.uncached_read import aligned_buffer, padded, write_padded
+from policies.lru import LRUCache
+from simulator.cache import ExpertCache
+from simulator.model import MoEModel
+
+BASE_BLOCKS = 8
+"""Distinct random weight blocks the store draws on; each expert is one of them times its own factor, so every file
+holds different numbers without generating gigabytes of random values."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer step of the trace: a MoE layer and its routed experts in router order."""
+
+    layer: int
+    experts: tuple[int, ...]
+
+
+class ExpertStore:
+    """The slow tier: one file per (layer, expert) in `directory`, written once and reused while the shape matches."""
+
+    def __init__(self, directory: str | Path, model: MoEModel, seed: int = 0):
+        self.directory = Path(directory)
+        self.model = model
+        self.seed = seed
+        self.nbytes = model.bytes_per_expert
+
+    def path(self, layer: int, expert: int) -> Path:
+        return self.directory / f"L{layer:03d}_E{expert:04d}.bin"
+
+    def ensure(self, needed: set[tuple[int, int]], progress: Callable[[int], None] | None = None) -> int:
+        """Write every (layer, expert) of `needed` not already stored with this shape; returns how many were written."""
+        manifest = self.directory / "manifest.json"
+        shape = {"hidden": self.model.hidden_size, "ffn": self.model.expert_intermediate_size,
+                 "dtype": "float32", "seed": self.seed, "layout": "gate|up|down"}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not manifest.is_file() or json.loads(manifest.read_text()) != shape:
+            for old in self.directory.glob("L*_E*.bin"):
+                old.unlink()
+            manifest.write_text(json.dumps(shape))
+        hidden, ffn = self.model.hidden_size, self.model.expert_intermediate_size
+        rng = np.random.default_rng(self.seed)
+        bases = None
+        written = 0
+        for layer, expert in sorted(needed):
+            path = self.path(layer, expert)
+            if path.is_file() and path.stat().st_size == padded(self.nbytes):
+                continue
+            if bases is None:
+                bases = [random_block(hidden, ffn, rng) for _ in range(BASE_BLOCKS)]
+            index = layer * self.model.experts_per_layer + expert
+            write_padded(path, bases[index % BASE_BLOCKS] * DTYPE(1.0 + 1e-4 * index))
+            written += 1
+            if progress:
+                progress(1)
+        return written
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    total_s: float
+    stall_s: float
+    accesses: int
+    hits: int
+    loads: int
+
+
+class OffloadRuntime:
+    """Runs layer steps for real over a store, with `capacity` DRAM slots per layer under per-layer LRU."""
+
+    def __init__(self, store: ExpertStore, capacity: int, seed: int = 0):
+        model = store.model
+        self.store = store
+        self.model = model
+        self.capacity = capacity
+        self.values = model.bytes_per_expert // PARAM_BYTES
+        # Fault every slot in now, so that first use times the read, not the kernel handing out pages.
+        self.buffers = [aligned_buffer(store.nbytes) for _ in range(capacity * model.moe_layers)]
+        """Slot s of layer l is buffers[l · capacity + s]."""
+        for buffer in self.buffers:
+            buffer.write(bytes(len(buffer)))
+        rng = np.random.default_rng(seed + 1)
+        hidden = model.hidden_size
+        self.routers = [rng.standard_normal((hidden, model.experts_per_layer), dtype=DTYPE) * DTYPE(hidden**-0.5)
+                        for _ in range(model.moe_layers)]
+        self.x = rng.standard_normal((1, hidden), dtype=DTYPE)
+
+    def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0) -> RuntimeResult:
+        """Run `steps` from an empty cache; returns wall-clock total and stall.
+
+        `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
+        clock stopped: the caller measures the machine there, so its measurements span the run's own time window.
+        """
+        model = self.model
+        cache = ExpertCache(LRUCache, self.capacity, "layer", model)
+        cache.track_evictions = True
+        per = model.experts_per_layer
+        slot_of: dict[int, int] = {}  # resident model-wide key -> slot index in its layer
+        free = [list(range(self.capacity)) for _ in range(model.moe_layers)]
+        views = {}  # model-wide key -> (W_gate, W_up, W_down) over its slot
+        hidden, ffn = model.hidden_size, model.expert_intermediate_size
+        reader = AsyncReader()
+        nbytes = self.store.nbytes
+        x = self.x
+        stall = 0.0
+        hits = loads = accesses = 0
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                paused = 0.0
+                start = time.perf_counter()
+                for index, step in enumerate(steps):
+                    if pause is not None and pause_every and index and index % pause_every == 0:
+                        t0 = time.perf_counter()
+                        pause()
+                        paused += time.perf_counter() - t0
+                    layer, experts = step.layer, step.experts
+                    base = layer * per
+                    x @ self.routers[layer]  # the step's non-expert work (routing itself comes from the trace)
+                    misses = cache.access(layer, list(experts))
+                    for key in cache.evicted:
+                        free[layer].append(slot_of.pop(key))
+                        del views[key]
+                    cache.evicted.clear()
+                    keys, reads = [], []
+                    for expert in misses:
+                        key = base + expert
+                        slot = free[layer].pop()
+                        slot_of[key] = slot
+                        buffer = self.buffers[layer * self.capacity + slot]
+                        views[key] = expert_views(np.frombuffer(buffer, DTYPE, self.values), hidden, ffn)
+                        keys.append(key)
+                        reads.append((self.store.path(layer, expert), buffer, nbytes))
+                    pending = zip(keys, reader.submit(reads)) if reads else ()
+                    y = np.zeros_like(x)
+                    missed = set(misses)
+                    for expert in experts:
+                        if expert not in missed:
+                            y = y + gated_ffn(x, *views[base + expert])
+                    for key, ticket in pending:
+                        t0 = time.perf_counter()
+                        reader.wait(ticket)
+                        stall += time.perf_counter() - t0
+                        y = y + gated_ffn(x, *views[key])
+                    accesses += len(experts)
+                    hits += len(experts) - len(misses)
+                    loads += len(misses)
+                total = time.perf_counter() - start - paused
+        finally:
+            reader.close()
+        return RuntimeResult(total, stall, accesses, hits, loads)

@@ -1,0 +1,361 @@
+"""`moe-validate`: run a trace for real on this machine (`offload_runtime`) and through the simulator, and compare.
+
+The miniature machine: the "GPU" is this CPU computing from DRAM (one BLAS thread), its "host-to-device link" is the
+storage read path (one file per expert, page cache defeated). Both are calibrated here, on the same shapes and the
+same directory, with the code that `moe-calibrate` uses, and turned into a profile (written beside the JSON, every
+number cited):
+
+    gpu.memory_bandwidth_Bps, gpu.kernel_overhead_s   fit of the CPU expert FFN time (batch 1, cold weights)
+    gpu.flops                                         the CPU expert FFN on 256 tokens
+    h2d.bandwidth_Bps, h2d.latency_s                  fit of uncached whole-file reads around the expert's size
+
+The model is the trace's, scaled to fit a disk budget: `expert_intermediate_size` divided by a power of two (the
+factor is printed and written into each case), weights float32 (param_bytes 4), and `non_expert_params_per_layer`
+= hidden × experts (the router matmul the runtime does per layer step; shared experts are not run on either side).
+Nothing is fitted to the runtime's own totals: the simulator sees only the calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from experiments.config import DEFAULT_TRACE
+from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step
+from hardware_profiles.aio import AsyncReader
+from hardware_profiles.calibrate import cpu_name, write_profile
+from hardware_profiles.cpu_bench import CpuFfnProbe, cpu_flops, ffn_widths
+from hardware_profiles.expert_ffn import PARAM_BYTES
+from hardware_profiles.fit import PathMeasurement
+from hardware_profiles.schema import ProfileFile
+from hardware_profiles.storage_bench import burst_samples, burst_method
+from hardware_profiles.uncached_read import aligned_buffer, padded
+from policies.lru import LRUCache
+from simulator.cache import ExpertCache
+from simulator.compute import step_costs
+from simulator.errors import InputError
+from simulator.hardware import HardwareProfile
+from simulator.metrics import Metrics
+from simulator.model import MoEModel
+from simulator.replay import Timing, replay
+from traces.format import TraceChunk, TraceFile
+
+CASE_KEYS = ("case", "measured_total_s", "simulated_total_s", "measured_stall_s", "simulated_stall_s")
+
+
+@dataclass(frozen=True)
+class Settings:
+    tokens: int
+    capacities: tuple[int, ...]
+    repeats: int
+    disk_budget_bytes: int
+    storage_repeats: int
+    ffn_repeats: int
+    probe_every_tokens: int
+
+    @classmethod
+    def of(cls, quick: bool, tokens: int | None, capacities: list[int] | None, repeats: int | None,
+           disk_budget: int | None) -> "Settings":
+        base = cls(2, (8,), 1, 256 << 20, 4, 1, 1) if quick else cls(64, (8, 16, 32), 3, 2 << 30, 8, 2, 2)
+        return replace(base, tokens=tokens or base.tokens, capacities=tuple(capacities or base.capacities),
+                       repeats=repeats or base.repeats, disk_budget_bytes=disk_budget or base.disk_budget_bytes)
+
+
+@dataclass
+class TracePart:
+    """The first `tokens` tokens of a trace, as one chunk (for the simulator) and as layer steps (for the runtime)."""
+
+    name: str
+    model: MoEModel
+    chunk: TraceChunk
+    steps: list[Step]
+    tokens: int
+
+
+def first_tokens(path: str, tokens: int) -> TracePart:
+    """The rows of the first `tokens` tokens of the trace at `path` (expert ids of -1 dropped from the steps)."""
+    trace = TraceFile(path)
+    chunks = list(trace.chunks())
+    seq = np.concatenate([c.sequence for c in chunks])
+    tok = np.concatenate([c.token for c in chunks])
+    new = np.ones(len(seq), dtype=bool)
+    new[1:] = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1])
+    keep = np.cumsum(new) <= tokens
+    chunk = TraceChunk(seq[keep], tok[keep], np.concatenate([c.layer for c in chunks])[keep],
+                       np.concatenate([c.experts for c in chunks])[keep])
+    steps = [Step(int(l), tuple(int(e) for e in row if e >= 0)) for l, row in zip(chunk.layer, chunk.experts)]
+    return TracePart(Path(path).stem, trace.meta.model, chunk, steps, int(min(tokens, new.sum())))
+
+
+def choose_scale(model: MoEModel, experts_stored: int, budget_bytes: int) -> int:
+    """The smallest power of two dividing the expert FFN width such that `experts_stored` float32 experts fit
+    `budget_bytes` on disk."""
+    scale = 1
+    while experts_stored * padded(scaled_model(model, scale).bytes_per_expert) > budget_bytes:
+        if model.expert_intermediate_size // (scale * 2) < 1:
+            raise InputError(f"--disk-budget: {budget_bytes} bytes cannot hold {experts_stored} experts of hidden {model.hidden_size}")
+        scale *= 2
+    return scale
+
+
+def scaled_model(model: MoEModel, scale: int) -> MoEModel:
+    """`model` as the runtime runs it: FFN width / scale, float32 weights, a router as the only non-expert work."""
+    return replace(model, name=f"{model.name}/ffn÷{scale}/fp32", expert_intermediate_size=max(1, model.expert_intermediate_size // scale),
+                   param_bytes=float(PARAM_BYTES), shared_experts=0,
+                   non_expert_params_per_layer=model.hidden_size * model.experts_per_layer)
+
+
+@dataclass
+class Calibration:
+    """The miniature machine as measured: expert reads as the runtime issues them, and the 1-thread CPU expert FFN."""
+
+    storage: PathMeasurement
+    ffn: PathMeasurement
+
+
+def pooled(path: str, method: str, probes: list[dict[int, list[float]]]) -> PathMeasurement:
+    """One fitted measurement from the raw times of several probes of one path (all their repeats pooled per size)."""
+    sizes = probes[0].keys()
+    return PathMeasurement.from_samples(path, f"{method}; pooled over {len(probes)} probes",
+                                        {s: [t for p in probes for t in p[s]] for s in sizes})
+
+
+def averaged(measurements: list[PathMeasurement]) -> PathMeasurement:
+    """The per-size mean of several fitted measurements of one path, refitted (its cv is their spread)."""
+    first = measurements[0]
+    samples = {size: [m.mean_s[i] for m in measurements] for i, size in enumerate(first.nbytes)}
+    return PathMeasurement.from_samples(first.path, f"{first.method.split('; pooled')[0]}; averaged over {len(measurements)} runs", samples)
+
+
+class MachineProbe:
+    """Measures the miniature machine as the runtime uses it: bursts of 1..top_k reads of one layer's expert files
+    submitted at once (`storage_bench.burst_samples`, the runtime's own read path and access pattern), and the
+    1-thread CPU FFN at widths around the expert's (`cpu_bench.CpuFfnProbe`, the code `moe-calibrate` uses).
+
+    Storage and CPU shared with other work drift by tens of percent within a minute, so the validation measures
+    during each run (the runtime pauses its clock for it, `OffloadRuntime.run(pause=...)`) and simulates the run
+    with those measurements pooled. Each probe takes ~0.1 s.
+    """
+
+    def __init__(self, model: MoEModel, files: list[list[Path]], settings: Settings, seed: int = 0):
+        self.nbytes = model.bytes_per_expert
+        self.settings = settings
+        self.files = [group for group in files if len(group) >= model.top_k]
+        self.bursts = sorted({1, 2, max(1, model.top_k // 2), model.top_k})
+        self.reader = AsyncReader()
+        self.buffers = [aligned_buffer(self.nbytes) for _ in range(model.top_k)]
+        self.rng = np.random.default_rng(seed)
+        width = model.expert_intermediate_size
+        self.ffn = CpuFfnProbe(model.hidden_size, sorted({max(1, width // 2), width, 2 * width}), threads=1)
+        self.flops_tokens = 256
+        self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
+        self.taken: dict[str, list[dict[int, list[float]]]] = {"storage": [], "ffn": []}
+
+    def measure(self) -> None:
+        """Take one probe of each path and keep it (`take`)."""
+        s = self.settings
+        self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, self.buffers, self.bursts,
+                                                   s.storage_repeats, self.rng))
+        self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
+
+    def take(self) -> Calibration:
+        """The probes taken since the last call, pooled and fitted."""
+        s = self.settings
+        cal = Calibration(
+            pooled("expert reads", burst_method(self.files, self.bursts, s.storage_repeats), self.taken["storage"]),
+            pooled("cpu expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
+        )
+        self.taken = {k: [] for k in self.taken}
+        return cal
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def profile_document(storage: PathMeasurement, ffn: PathMeasurement, flops: float, flops_tokens: int, in_flight: int) -> dict:
+    """The calibration as a profile (the CPU as the GPU, storage reads as the link), every number cited."""
+    cite = f"measured by moe-validate on {socket.gethostname()} {date.today().isoformat()}"
+    fit_ffn, fit_io = ffn.fit, storage.fit
+    ffn_text = f"{cite}, {ffn.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_ffn.max_relative_error:.0%}"
+    io_text = f"{cite}, {storage.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_io.max_relative_error:.0%}"
+    flops_text = f"{cite}, one float32 expert FFN on {flops_tokens} tokens, 1 BLAS thread, best of 3"
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 1 << 30
+    link = {"bandwidth_Bps": fit_io.bandwidth_Bps, "latency_s": fit_io.latency_s, "copy_engines": in_flight,
+            "sources": {"bandwidth_Bps": io_text + " (inverse slope)", "latency_s": io_text + " (intercept)",
+                        "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once."}}
+    return {
+        "name": "validate-cpu-as-gpu",
+        "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
+        "gpu": {"name": f"{cpu_name()}, 1 BLAS thread", "memory_bytes": memory,
+                "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": fit_ffn.latency_s,
+                "sources": {"memory_bytes": f"{cite}, physical memory (sysconf); the runtime's slots use a small part",
+                            "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
+                            "flops": flops_text, "kernel_overhead_s": ffn_text + " (intercept)"}},
+        "h2d": link,
+        "d2h": {**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
+        "cpu": {"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
+                "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}},
+    }
+
+
+def simulate(part: TracePart, model: MoEModel, hardware: HardwareProfile, capacity: int) -> Metrics:
+    """The simulator's replay of the same rows: per-layer LRU, the calibrated profile, the scaled model."""
+    cache = ExpertCache(LRUCache, capacity, "layer", model)
+    return replay([part.chunk], cache, Timing(step_costs(model, hardware.gpu), hardware.h2d))
+
+
+def _error(simulated: float, measured: float) -> float | None:
+    return (simulated - measured) / measured if measured > 0 else None
+
+
+def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path, seed: int = 0) -> list[dict]:
+    parts = [first_tokens(t, settings.tokens) for t in traces]
+    shapes = {(p.model.moe_layers, p.model.experts_per_layer, p.model.hidden_size, p.model.expert_intermediate_size) for p in parts}
+    if len(shapes) != 1:
+        raise InputError(f"traces: give traces of one model shape (got {sorted(shapes)})")
+    base = parts[0].model
+    needed = {(s.layer, e) for p in parts for s in p.steps for e in s.experts}
+    scale = choose_scale(base, len(needed), settings.disk_budget_bytes)
+    model = scaled_model(base, scale)
+    store = ExpertStore(store_root / f"{model.moe_layers}x{model.experts_per_layer}_h{model.hidden_size}_f{model.expert_intermediate_size}",
+                        model, seed)
+    print(f"moe-validate: {base.name}: expert FFN width {base.expert_intermediate_size} / {scale} = "
+          f"{model.expert_intermediate_size}, float32: {model.bytes_per_expert / 1e6:.3f} MB per expert "
+          f"(the {base.param_bytes:g}-byte original: {base.bytes_per_expert / 1e6:.2f} MB); {len(needed)} experts on disk "
+          f"({len(needed) * padded(model.bytes_per_expert) / 1e9:.2f} GB); first {settings.tokens} tokens of each trace")
+    with tqdm(total=len(needed), desc="expert files", unit="file", disable=None, leave=False) as bar:
+        store.ensure(needed, bar.update)
+    by_layer = [sorted(store.path(l, e) for l, e in needed if l == layer) for layer in range(model.moe_layers)]
+    probe = MachineProbe(model, by_layer, settings, seed)
+    runtimes = {c: OffloadRuntime(store, c, seed) for c in settings.capacities}
+    cases = [(i, c) for i in range(len(parts)) for c in settings.capacities]
+    runs: dict[tuple[int, int], list[tuple[RuntimeResult, Metrics, Calibration]]] = {case: [] for case in cases}
+    every = settings.probe_every_tokens * model.moe_layers
+    try:
+        with tqdm(total=len(cases) * settings.repeats, desc="runtime", unit="run", disable=None, leave=False) as bar:
+            for _ in range(settings.repeats):  # repeat-major: the machine's drift spreads over every case
+                for i, c in cases:
+                    probe.measure()
+                    result = runtimes[c].run(parts[i].steps, pause=probe.measure, pause_every=every)
+                    probe.measure()
+                    cal = probe.take()
+                    doc = profile_document(cal.storage, cal.ffn, probe.flops, probe.flops_tokens, model.top_k)
+                    runs[i, c].append((result, simulate(parts[i], model, ProfileFile.model_validate(doc).to_profile(), c), cal))
+                    bar.update()
+    finally:
+        probe.close()
+    every_cal = [cal for case in cases for _, _, cal in runs[case]]
+    overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]))
+    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall.storage, overall.ffn, probe.flops, probe.flops_tokens, model.top_k),
+                  ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
+                   "over every run (each run was simulated with the measurements taken during it)."])
+    print(calibration_line(overall, probe.flops))
+    return [case_result(parts[i], c, runs[i, c], model, scale) for i, c in cases]
+
+
+def calibration_line(cal: Calibration, flops: float) -> str:
+    def fit(m: PathMeasurement, digits: int) -> str:
+        return f"{m.fit.latency_s * 1e6:.1f} us + bytes / {m.fit.bandwidth_Bps / 1e9:.{digits}f} GB/s (spread of run means up to {max(m.cv):.0%})"
+    return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
+            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens")
+
+
+def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:
+    """One case's JSON record: means over the repeats (each run simulated with its adjacent calibration)."""
+    def stats(values) -> tuple[float, float]:
+        a = np.array(values, dtype=float)
+        return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+    m_total, m_total_sd = stats([r.total_s for r, _, _ in runs])
+    m_stall, m_stall_sd = stats([r.stall_s for r, _, _ in runs])
+    s_total, s_total_sd = stats([s.total_time_s for _, s, _ in runs])
+    s_stall, s_stall_sd = stats([s.stall_time_s for _, s, _ in runs])
+    first_run, first_sim, _ = runs[0]
+    cals = [c for _, _, c in runs]
+    return {
+        "case": f"{part.name} lru capacity={capacity}/layer tokens={part.tokens}",
+        "measured_total_s": m_total,
+        "simulated_total_s": s_total,
+        "measured_stall_s": m_stall,
+        "simulated_stall_s": s_stall,
+        "error_total": _error(s_total, m_total),
+        "error_stall": _error(s_stall, m_stall),
+        "measured_total_std_s": m_total_sd,
+        "measured_stall_std_s": m_stall_sd,
+        "simulated_total_std_s": s_total_sd,
+        "simulated_stall_std_s": s_stall_sd,
+        "measured_totals_s": [r.total_s for r, _, _ in runs],
+        "measured_stalls_s": [r.stall_s for r, _, _ in runs],
+        "simulated_totals_s": [s.total_time_s for _, s, _ in runs],
+        "simulated_stalls_s": [s.stall_time_s for _, s, _ in runs],
+        "repeats": len(runs),
+        "measured_hits": first_run.hits,
+        "simulated_hits": first_sim.hits,
+        "accesses": first_sim.accesses,
+        "loads": first_run.loads,
+        "storage_latency_s": [c.storage.fit.latency_s for c in cals],
+        "storage_bandwidth_Bps": [c.storage.fit.bandwidth_Bps for c in cals],
+        "ffn_overhead_s": [c.ffn.fit.latency_s for c in cals],
+        "ffn_bandwidth_Bps": [c.ffn.fit.bandwidth_Bps for c in cals],
+        "trace": part.name,
+        "capacity": capacity,
+        "tokens": part.tokens,
+        "layer_steps": len(part.steps),
+        "scale": scale,
+        "model": model.to_dict(),
+        "read_method": "O_DIRECT, Linux native AIO",
+    }
+
+
+def table(results: list[dict]) -> str:
+    head = (f"{'case':<58} {'hit':>6} {'total meas (s)':>17} {'sim':>8} {'err':>7} "
+            f"{'stall meas (s)':>17} {'sim':>8} {'err':>7}")
+    lines = [head]
+    for r in results:
+        e_t = f"{r['error_total']:+.1%}" if r["error_total"] is not None else "n/a"
+        e_s = f"{r['error_stall']:+.1%}" if r["error_stall"] is not None else "n/a"
+        lines.append(
+            f"{r['case']:<58} {r['simulated_hits'] / r['accesses']:>6.3f} "
+            f"{r['measured_total_s']:>8.3f} ±{r['measured_total_std_s']:<7.3f} {r['simulated_total_s']:>8.3f} {e_t:>7} "
+            f"{r['measured_stall_s']:>8.3f} ±{r['measured_stall_std_s']:<7.3f} {r['simulated_stall_s']:>8.3f} {e_s:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="moe-validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="write the cases here (a JSON list)")
+    parser.add_argument("--quick", action="store_true", help="a tiny case: 2 tokens, capacity 8, one run")
+    parser.add_argument("--trace", action="append", help="trace(s) to run, one model shape (default: the shipped synthetic trace)")
+    parser.add_argument("--tokens", type=int, help="first N tokens of each trace (default 64; quick 2)")
+    parser.add_argument("--capacity", type=int, action="append", help="experts per layer in DRAM (default 8, 16, 32)")
+    parser.add_argument("--repeats", type=int, help="runtime runs per case (default 3; quick 1)")
+    parser.add_argument("--disk-budget", type=int, help="bytes the expert files may take (default 2 GiB; quick 256 MiB)")
+    parser.add_argument("--store", default=str(Path(tempfile.gettempdir()) / "moe-validate-store"),
+                        help="folder for the expert files (the slow tier); kept and reused across runs")
+    args = parser.parse_args(argv)
+    settings = Settings.of(args.quick, args.tokens, args.capacity, args.repeats, args.disk_budget)
+    out = Path(args.json)
+    try:
+        results = run(args.trace or [DEFAULT_TRACE], settings, Path(args.store), out)
+    except InputError as err:
+        print(f"moe-validate: {err}", file=sys.stderr)
+        sys.exit(2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"wrote {out} ({platform.node()}, {len(results)} cases)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""moe-validate: a --quick run on the shipped trace and (where ../shared is present) on the DeepSeek trace writes
+the cases with the interface's keys; the scaling, the token cut and the miniature runtime's bookkeeping. No accuracy
+or timing assertions: those are the report's, on a quiet machine."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.config import DEFAULT_TRACE
+from experiments.offload_runtime import ExpertStore, OffloadRuntime
+from experiments.validate import CASE_KEYS, choose_scale, first_tokens, scaled_model
+from hardware_profiles.schema import load_profile
+from simulator.presets import get_preset
+
+VALIDATE = [sys.executable, "-c", "from experiments.validate import main; main()"]
+
+
+def validate(*args, timeout=300):
+    return subprocess.run([*VALIDATE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def check_cases(path: Path) -> list[dict]:
+    cases = json.loads(path.read_text())
+    assert isinstance(cases, list) and cases
+    for case in cases:
+        assert set(CASE_KEYS) <= set(case)
+        assert isinstance(case["case"], str)
+        for key in CASE_KEYS[1:]:
+            assert isinstance(case[key], float) and case[key] >= 0, key
+        assert case["measured_hits"] == case["simulated_hits"]  # same policy code, same trace
+    return cases
+
+
+def test_quick_run_writes_the_cases_and_a_loadable_profile(tmp_path):
+    out = tmp_path / "validate.json"
+    run = validate("--json", str(out), "--quick", "--store", str(tmp_path / "store"))
+    assert run.returncode == 0, run.stderr
+    (case,) = check_cases(out)
+    assert case["tokens"] == 2 and case["capacity"] == 8
+    load_profile(str(out.with_suffix(".profile.yaml")))
+    assert "expert FFN width 1408 /" in run.stdout
+
+
+def test_quick_run_on_the_deepseek_trace(tmp_path, shared_traces):
+    trace = tmp_path / "ds1351.parquet"
+    imported = subprocess.run([sys.executable, "-c", "from traces.cli import main; main()", "import", "--format",
+                               "moe-beyond", str(shared_traces / "deepseek_v2_lite_moebeyond_prompt_1351_data.csv"),
+                               "-o", str(trace)], capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    out = tmp_path / "validate.json"
+    run = validate("--json", str(out), "--quick", "--trace", str(trace), "--store", str(tmp_path / "store"))
+    assert run.returncode == 0, run.stderr
+    (case,) = check_cases(out)
+    assert case["case"].startswith("ds1351 lru capacity=8/layer tokens=2")
+
+
+def test_first_tokens_cuts_at_a_token_boundary():
+    part = first_tokens(DEFAULT_TRACE, 3)
+    assert part.tokens == 3
+    assert len(part.steps) == 3 * part.model.moe_layers == len(part.chunk)
+    assert [s.layer for s in part.steps[: part.model.moe_layers]] == list(range(part.model.moe_layers))
+
+
+def test_scale_is_the_smallest_power_of_two_that_fits_the_budget():
+    model = get_preset("deepseek-v2-lite")
+    per_expert = lambda scale: scaled_model(model, scale).bytes_per_expert  # noqa: E731
+    scale = choose_scale(model, 1664, 2 << 30)
+    assert 1664 * per_expert(scale) <= 2 << 30 < 1664 * per_expert(scale // 2)
+    scaled = scaled_model(model, scale)
+    assert scaled.expert_intermediate_size == 1408 // scale and scaled.param_bytes == 4.0
+    assert scaled.non_expert_params_per_layer == model.hidden_size * model.experts_per_layer
+
+
+def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
+    part = first_tokens(DEFAULT_TRACE, 2)
+    model = scaled_model(part.model, 256)
+    store = ExpertStore(tmp_path, model)
+    needed = {(s.layer, e) for s in part.steps for e in s.experts}
+    assert store.ensure(needed) == len(needed)
+    assert store.ensure(needed) == 0  # kept across runs
+    result = OffloadRuntime(store, capacity=8).run(part.steps)
+    assert result.accesses == sum(len(s.experts) for s in part.steps)
+    assert result.hits + result.loads == result.accesses
+    assert 0 <= result.stall_s <= result.total_s
