@@ -1,9 +1,9 @@
 """A real expert-offloading runtime in miniature, on the CPU: what `moe-validate` times against the simulator.
 
 - Slow tier: every expert is one file on disk (`ExpertStore`), float32 [W_gate | W_up | W_down], padded for O_DIRECT.
-- Fast tier: per MoE layer, `capacity` page-aligned DRAM slots, managed by the simulator's own `ExpertCache` (the
-  same policy code and scope the simulation replays), so hits and misses are the simulation's by construction and
-  only time is being compared.
+- Fast tier: per MoE layer, `capacity` experts in page-aligned DRAM buffers, managed by the simulator's own
+  `ExpertCache` (the same policy code and scope the simulation replays), so hits and misses are the simulation's by
+  construction and only time is being compared.
 - A layer step's misses are read from disk with the page cache defeated, all handed to the kernel at once
   (`aio.AsyncReader`: O_DIRECT, Linux native AIO), so the device works while the CPU computes, as a GPU's copy
   engine does, with no helper thread that the loaded machine would have to schedule.
@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_views, gated_ffn, random_block
 from hardware_profiles.aio import AsyncReader
-from hardware_profiles.uncached_read import aligned_buffer, padded, write_padded
+from hardware_profiles.uncached_read import BufferRing, padded, write_padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
 from simulator.model import MoEModel
@@ -46,6 +46,14 @@ class Step:
     experts: tuple[int, ...]
 
 
+def synthetic_steps(model: MoEModel, tokens: int, seed: int = 0) -> list[Step]:
+    """`tokens` tokens of uniformly random routing (top_k distinct experts per layer): calibration input that owes
+    nothing to the trace being validated."""
+    rng = np.random.default_rng(seed)
+    return [Step(layer, tuple(int(e) for e in rng.choice(model.experts_per_layer, model.top_k, replace=False)))
+            for _ in range(tokens) for layer in range(model.moe_layers)]
+
+
 class ExpertStore:
     """The slow tier: one file per (layer, expert) in `directory`, written once and reused while the shape matches."""
 
@@ -57,6 +65,10 @@ class ExpertStore:
 
     def path(self, layer: int, expert: int) -> Path:
         return self.directory / f"L{layer:03d}_E{expert:04d}.bin"
+
+    def paths(self) -> list[list[str]]:
+        """paths()[layer][expert] as strings, built once (a Path per load costs the runtime ~10 us)."""
+        return [[str(self.path(l, e)) for e in range(self.model.experts_per_layer)] for l in range(self.model.moe_layers)]
 
     def ensure(self, needed: set[tuple[int, int]], progress: Callable[[int], None] | None = None) -> int:
         """Write every (layer, expert) of `needed` not already stored with this shape; returns how many were written."""
@@ -96,41 +108,49 @@ class RuntimeResult:
 
 
 class OffloadRuntime:
-    """Runs layer steps for real over a store, with `capacity` DRAM slots per layer under per-layer LRU."""
+    """Runs layer steps for real over a store, holding `capacity` experts per layer in DRAM under per-layer LRU.
 
-    def __init__(self, store: ExpertStore, capacity: int, seed: int = 0):
+    The DRAM buffers come from a `BufferRing` (at least capacity × layers of them, plus spares): a load takes the
+    ring's oldest free buffer and an evicted expert's buffer goes to the back, which keeps reads off recently
+    filled buffers (see `BufferRing`). Which experts are resident is the cache's decision alone.
+    """
+
+    def __init__(self, store: ExpertStore, capacity: int, ring: BufferRing, seed: int = 0):
         model = store.model
+        if ring.count < capacity * model.moe_layers or ring.nbytes < store.nbytes:
+            raise ValueError(f"the ring needs {capacity * model.moe_layers} buffers of {store.nbytes} bytes")
         self.store = store
         self.model = model
         self.capacity = capacity
+        self.ring = ring
         self.values = model.bytes_per_expert // PARAM_BYTES
-        # Fault every slot in now, so that first use times the read, not the kernel handing out pages.
-        self.buffers = [aligned_buffer(store.nbytes) for _ in range(capacity * model.moe_layers)]
-        """Slot s of layer l is buffers[l · capacity + s]."""
-        for buffer in self.buffers:
-            buffer.write(bytes(len(buffer)))
         rng = np.random.default_rng(seed + 1)
         hidden = model.hidden_size
         self.routers = [rng.standard_normal((hidden, model.experts_per_layer), dtype=DTYPE) * DTYPE(hidden**-0.5)
                         for _ in range(model.moe_layers)]
         self.x = rng.standard_normal((1, hidden), dtype=DTYPE)
 
-    def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0) -> RuntimeResult:
+    def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
+            experts: bool = True) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
         clock stopped: the caller measures the machine there, so its measurements span the run's own time window.
+        `experts=False` skips the expert FFNs and the reads: what is left is a layer step's non-expert work (the
+        router, the cache and buffer bookkeeping), which calibration times on synthetic routing. Issuing the reads
+        is not in it: the link's calibration times a read from its issue, as a GPU copy's latency includes its launch.
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
         cache.track_evictions = True
         per = model.experts_per_layer
-        slot_of: dict[int, int] = {}  # resident model-wide key -> slot index in its layer
-        free = [list(range(self.capacity)) for _ in range(model.moe_layers)]
-        views = {}  # model-wide key -> (W_gate, W_up, W_down) over its slot
+        ring = self.ring
+        buffer_of = {}  # resident model-wide key -> its DRAM buffer
+        views = {}  # model-wide key -> (W_gate, W_up, W_down) over its buffer
         hidden, ffn = model.hidden_size, model.expert_intermediate_size
         reader = AsyncReader()
         nbytes = self.store.nbytes
+        paths = self.store.paths()
         x = self.x
         stall = 0.0
         hits = loads = accesses = 0
@@ -143,27 +163,30 @@ class OffloadRuntime:
                         t0 = time.perf_counter()
                         pause()
                         paused += time.perf_counter() - t0
-                    layer, experts = step.layer, step.experts
+                    layer = step.layer
                     base = layer * per
                     x @ self.routers[layer]  # the step's non-expert work (routing itself comes from the trace)
-                    misses = cache.access(layer, list(experts))
+                    misses = cache.access(layer, list(step.experts))
+                    accesses += len(step.experts)
+                    hits += len(step.experts) - len(misses)
+                    loads += len(misses)
                     for key in cache.evicted:
-                        free[layer].append(slot_of.pop(key))
+                        ring.give(buffer_of.pop(key))
                         del views[key]
                     cache.evicted.clear()
                     keys, reads = [], []
                     for expert in misses:
                         key = base + expert
-                        slot = free[layer].pop()
-                        slot_of[key] = slot
-                        buffer = self.buffers[layer * self.capacity + slot]
+                        buffer_of[key] = buffer = ring.take()
                         views[key] = expert_views(np.frombuffer(buffer, DTYPE, self.values), hidden, ffn)
                         keys.append(key)
-                        reads.append((self.store.path(layer, expert), buffer, nbytes))
+                        reads.append((paths[layer][expert], buffer, nbytes))
+                    if not experts:
+                        continue
                     pending = zip(keys, reader.submit(reads)) if reads else ()
                     y = np.zeros_like(x)
                     missed = set(misses)
-                    for expert in experts:
+                    for expert in step.experts:
                         if expert not in missed:
                             y = y + gated_ffn(x, *views[base + expert])
                     for key, ticket in pending:
@@ -171,10 +194,9 @@ class OffloadRuntime:
                         reader.wait(ticket)
                         stall += time.perf_counter() - t0
                         y = y + gated_ffn(x, *views[key])
-                    accesses += len(experts)
-                    hits += len(experts) - len(misses)
-                    loads += len(misses)
                 total = time.perf_counter() - start - paused
         finally:
             reader.close()
+            for buffer in buffer_of.values():
+                ring.give(buffer)
         return RuntimeResult(total, stall, accesses, hits, loads)

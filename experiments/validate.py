@@ -1,18 +1,20 @@
 """`moe-validate`: run a trace for real on this machine (`offload_runtime`) and through the simulator, and compare.
 
-The miniature machine: the "GPU" is this CPU computing from DRAM (one BLAS thread), its "host-to-device link" is the
-storage read path (one file per expert, page cache defeated). Both are calibrated here, on the same shapes and the
-same directory, with the code that `moe-calibrate` uses, and turned into a profile (written beside the JSON, every
-number cited):
+The miniature machine: the "GPU" is this CPU computing from DRAM (one BLAS thread); its "host-to-device link" is
+the storage read path (one file per expert, O_DIRECT, a layer step's misses submitted at once with Linux AIO). The
+simulator gets only measurements, taken by short probes before, during (the runtime's clock paused) and after each
+run, on the same shapes, files and memory the runtime uses (`MachineProbe`):
 
     gpu.memory_bandwidth_Bps, gpu.kernel_overhead_s   fit of the CPU expert FFN time (batch 1, cold weights)
     gpu.flops                                         the CPU expert FFN on 256 tokens
-    h2d.bandwidth_Bps, h2d.latency_s                  fit of uncached whole-file reads around the expert's size
+    h2d.bandwidth_Bps, h2d.latency_s                  fit of bursts of 1..top_k expert reads of one layer
+    h2d.copy_engines = top_k                          all of a step's reads are in flight at once
+    model.non_expert_params_per_layer                 the runtime's non-expert step work (router matmul, cache and
+                                                      buffer bookkeeping) timed on synthetic routing, in parameters
 
 The model is the trace's, scaled to fit a disk budget: `expert_intermediate_size` divided by a power of two (the
-factor is printed and written into each case), weights float32 (param_bytes 4), and `non_expert_params_per_layer`
-= hidden × experts (the router matmul the runtime does per layer step; shared experts are not run on either side).
-Nothing is fitted to the runtime's own totals: the simulator sees only the calibration.
+factor is printed and written into each case), weights float32 (param_bytes 4); shared experts are run on neither
+side. Nothing is fitted to the runtime's own totals. The profile averaged over the runs is written beside the JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.config import DEFAULT_TRACE
-from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step
+from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
 from hardware_profiles.aio import AsyncReader
 from hardware_profiles.calibrate import cpu_name, write_profile
 from hardware_profiles.cpu_bench import CpuFfnProbe, cpu_flops, ffn_widths
@@ -40,7 +42,7 @@ from hardware_profiles.expert_ffn import PARAM_BYTES
 from hardware_profiles.fit import PathMeasurement
 from hardware_profiles.schema import ProfileFile
 from hardware_profiles.storage_bench import burst_samples, burst_method
-from hardware_profiles.uncached_read import aligned_buffer, padded
+from hardware_profiles.uncached_read import BufferRing, padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
 from simulator.compute import step_costs
@@ -63,11 +65,13 @@ class Settings:
     storage_repeats: int
     ffn_repeats: int
     probe_every_tokens: int
+    spare_buffers: int
+    """DRAM buffers beyond the largest cache, so that reads rotate through rested buffers (`BufferRing`)."""
 
     @classmethod
     def of(cls, quick: bool, tokens: int | None, capacities: list[int] | None, repeats: int | None,
            disk_budget: int | None) -> "Settings":
-        base = cls(2, (8,), 1, 256 << 20, 4, 1, 1) if quick else cls(64, (8, 16, 32), 3, 2 << 30, 8, 2, 2)
+        base = cls(2, (8,), 1, 256 << 20, 4, 1, 1, 64) if quick else cls(64, (8, 16, 32), 3, 2 << 30, 8, 2, 2, 1024)
         return replace(base, tokens=tokens or base.tokens, capacities=tuple(capacities or base.capacities),
                        repeats=repeats or base.repeats, disk_budget_bytes=disk_budget or base.disk_budget_bytes)
 
@@ -110,7 +114,8 @@ def choose_scale(model: MoEModel, experts_stored: int, budget_bytes: int) -> int
 
 
 def scaled_model(model: MoEModel, scale: int) -> MoEModel:
-    """`model` as the runtime runs it: FFN width / scale, float32 weights, a router as the only non-expert work."""
+    """`model` as the runtime runs it: FFN width / scale, float32 weights; non-expert work starts as the router's
+    parameters (hidden × experts) and is replaced by the measured step work for each simulation."""
     return replace(model, name=f"{model.name}/ffn÷{scale}/fp32", expert_intermediate_size=max(1, model.expert_intermediate_size // scale),
                    param_bytes=float(PARAM_BYTES), shared_experts=0,
                    non_expert_params_per_layer=model.hidden_size * model.experts_per_layer)
@@ -122,6 +127,15 @@ class Calibration:
 
     storage: PathMeasurement
     ffn: PathMeasurement
+    non_expert_s: float
+    """Mean time of a layer step's non-expert work (router, cache and buffer bookkeeping) on synthetic routing."""
+    non_expert_spread: float
+    """Its standard deviation over mean across probes."""
+
+    def non_expert_params(self) -> int:
+        """`non_expert_s` as the simulator's unit of non-expert work: the parameters whose roofline time (memory-bound,
+        per-call overhead included) it is at the measured FFN bandwidth."""
+        return max(0, round((self.non_expert_s - self.ffn.fit.latency_s) * self.ffn.fit.bandwidth_Bps / PARAM_BYTES))
 
 
 def pooled(path: str, method: str, probes: list[dict[int, list[float]]]) -> PathMeasurement:
@@ -154,20 +168,22 @@ class MachineProbe:
         self.files = [group for group in files if len(group) >= model.top_k]
         self.bursts = sorted({1, 2, max(1, model.top_k // 2), model.top_k})
         self.reader = AsyncReader()
-        self.buffers = [aligned_buffer(self.nbytes) for _ in range(model.top_k)]
         self.rng = np.random.default_rng(seed)
         width = model.expert_intermediate_size
         self.ffn = CpuFfnProbe(model.hidden_size, sorted({max(1, width // 2), width, 2 * width}), threads=1)
         self.flops_tokens = 256
         self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
-        self.taken: dict[str, list[dict[int, list[float]]]] = {"storage": [], "ffn": []}
+        self.synthetic = synthetic_steps(model, tokens=4, seed=seed + 7)
+        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": []}
 
-    def measure(self) -> None:
-        """Take one probe of each path and keep it (`take`)."""
+    def measure(self, runtime: OffloadRuntime) -> None:
+        """Take one probe of each path, reading into the runtime's free buffers as it does, and keep it (`take`).
+        The non-expert work is the runtime's own step code on synthetic routing with experts and reads skipped."""
         s = self.settings
-        self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, self.buffers, self.bursts,
+        self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, runtime.ring, self.bursts,
                                                    s.storage_repeats, self.rng))
         self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
+        self.taken["non_expert"].append(runtime.run(self.synthetic, experts=False).total_s / len(self.synthetic))
 
     def take(self) -> Calibration:
         """The probes taken since the last call, pooled and fitted."""
@@ -175,6 +191,8 @@ class MachineProbe:
         cal = Calibration(
             pooled("expert reads", burst_method(self.files, self.bursts, s.storage_repeats), self.taken["storage"]),
             pooled("cpu expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
+            float(np.mean(self.taken["non_expert"])),
+            float(np.std(self.taken["non_expert"]) / np.mean(self.taken["non_expert"])),
         )
         self.taken = {k: [] for k in self.taken}
         return cal
@@ -238,7 +256,8 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
         store.ensure(needed, bar.update)
     by_layer = [sorted(store.path(l, e) for l, e in needed if l == layer) for layer in range(model.moe_layers)]
     probe = MachineProbe(model, by_layer, settings, seed)
-    runtimes = {c: OffloadRuntime(store, c, seed) for c in settings.capacities}
+    ring = BufferRing(max(settings.capacities) * model.moe_layers + settings.spare_buffers, model.bytes_per_expert)
+    runtimes = {c: OffloadRuntime(store, c, ring, seed) for c in settings.capacities}
     cases = [(i, c) for i in range(len(parts)) for c in settings.capacities]
     runs: dict[tuple[int, int], list[tuple[RuntimeResult, Metrics, Calibration]]] = {case: [] for case in cases}
     every = settings.probe_every_tokens * model.moe_layers
@@ -246,17 +265,22 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
         with tqdm(total=len(cases) * settings.repeats, desc="runtime", unit="run", disable=None, leave=False) as bar:
             for _ in range(settings.repeats):  # repeat-major: the machine's drift spreads over every case
                 for i, c in cases:
-                    probe.measure()
-                    result = runtimes[c].run(parts[i].steps, pause=probe.measure, pause_every=every)
-                    probe.measure()
+                    runtime = runtimes[c]
+                    probe.measure(runtime)
+                    result = runtime.run(parts[i].steps, pause=lambda: probe.measure(runtime), pause_every=every)
+                    probe.measure(runtime)
                     cal = probe.take()
                     doc = profile_document(cal.storage, cal.ffn, probe.flops, probe.flops_tokens, model.top_k)
-                    runs[i, c].append((result, simulate(parts[i], model, ProfileFile.model_validate(doc).to_profile(), c), cal))
+                    simulated = replace(model, non_expert_params_per_layer=cal.non_expert_params())
+                    hardware = ProfileFile.model_validate(doc).to_profile()
+                    runs[i, c].append((result, simulate(parts[i], simulated, hardware, c), cal))
                     bar.update()
     finally:
         probe.close()
     every_cal = [cal for case in cases for _, _, cal in runs[case]]
-    overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]))
+    overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
+                          float(np.mean([c.non_expert_s for c in every_cal])),
+                          float(np.std([c.non_expert_s for c in every_cal]) / np.mean([c.non_expert_s for c in every_cal])))
     write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall.storage, overall.ffn, probe.flops, probe.flops_tokens, model.top_k),
                   ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
                    "over every run (each run was simulated with the measurements taken during it)."])
@@ -268,7 +292,8 @@ def calibration_line(cal: Calibration, flops: float) -> str:
     def fit(m: PathMeasurement, digits: int) -> str:
         return f"{m.fit.latency_s * 1e6:.1f} us + bytes / {m.fit.bandwidth_Bps / 1e9:.{digits}f} GB/s (spread of run means up to {max(m.cv):.0%})"
     return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
-            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens")
+            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; non-expert work {cal.non_expert_s * 1e6:.1f} us "
+            f"per layer step (spread of run means {cal.non_expert_spread:.0%}; = {cal.non_expert_params():,} parameters)")
 
 
 def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:
@@ -308,6 +333,8 @@ def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, sca
         "storage_bandwidth_Bps": [c.storage.fit.bandwidth_Bps for c in cals],
         "ffn_overhead_s": [c.ffn.fit.latency_s for c in cals],
         "ffn_bandwidth_Bps": [c.ffn.fit.bandwidth_Bps for c in cals],
+        "non_expert_step_s": [c.non_expert_s for c in cals],
+        "non_expert_params_per_layer": [c.non_expert_params() for c in cals],
         "trace": part.name,
         "capacity": capacity,
         "tokens": part.tokens,

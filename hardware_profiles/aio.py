@@ -13,7 +13,6 @@ the scheduler, not to the device.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import platform
 
@@ -53,8 +52,8 @@ def aio_available() -> bool:
     return platform.system() == "Linux" and platform.machine() in _SYSCALLS and hasattr(os, "O_DIRECT")
 
 
-def buffer_address(buffer: mmap.mmap) -> int:
-    """The address of an mmap buffer's first byte."""
+def buffer_address(buffer) -> int:
+    """The address of a writable buffer's first byte (an mmap or a memoryview of one)."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
@@ -80,7 +79,7 @@ class AsyncReader:
         self._events = (_Event * depth)()
         self._zero = (ctypes.c_long * 2)(0, 0)  # timespec {0, 0}: poll
 
-    def submit(self, reads: list[tuple[str | os.PathLike, mmap.mmap, int]]) -> list[int]:
+    def submit(self, reads: list[tuple[str | os.PathLike, memoryview, int]]) -> list[int]:
         """Queue reads of (path, buffer, nbytes rounded up to 4096) in one system call; returns their tickets."""
         iocbs, tickets = [], []
         for path, buffer, nbytes in reads:

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_params, expert_views, gated_ffn, random_block
 from hardware_profiles.fit import PathMeasurement
+from hardware_profiles.uncached_read import huge_page_buffers
 
 FALLBACK_LLC_BYTES = 32 << 20
 
@@ -57,7 +58,9 @@ def ffn_widths(ffn: int, count: int) -> list[int]:
 
 class CpuFfnProbe:
     """Pools of cold expert weights at several widths, timed on demand (kept across measurements, as
-    `storage_bench.StorageProbe` is)."""
+    `storage_bench.StorageProbe` is). The experts live in the memory an offloading runtime reads experts into
+    (`uncached_read.huge_page_buffers`): its page size and TLB behaviour, not the allocator's, is what the FFN
+    meets."""
 
     def __init__(self, hidden: int, widths: Sequence[int], threads: int | None, tokens: int = 1, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -66,10 +69,15 @@ class CpuFfnProbe:
         self.x = rng.standard_normal((tokens, hidden), dtype=DTYPE)
         self.pools = {}
         for ffn in self.widths:
-            nbytes = expert_params(hidden, ffn) * PARAM_BYTES
+            n = expert_params(hidden, ffn)
+            nbytes = n * PARAM_BYTES
             base = random_block(hidden, ffn, rng)
-            count = max(2, math.ceil(self.pool_bytes / nbytes))
-            self.pools[nbytes] = [expert_views(base * DTYPE(1 + i * 1e-3), hidden, ffn) for i in range(count)]
+            pool = []
+            for i, buffer in enumerate(huge_page_buffers(max(2, math.ceil(self.pool_bytes / nbytes)), nbytes)):
+                block = np.frombuffer(buffer, DTYPE, n)
+                np.multiply(base, DTYPE(1 + i * 1e-3), out=block)
+                pool.append(expert_views(block, hidden, ffn))
+            self.pools[nbytes] = pool
 
     def samples(self, repeats: int, tick: Callable[[], None] | None = None) -> dict[int, list[float]]:
         """Per weight size in bytes, `repeats` mean times of one expert FFN (each over a pass through its pool)."""

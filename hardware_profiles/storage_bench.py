@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hardware_profiles.aio import AsyncReader
 from hardware_profiles.fit import PathMeasurement
-from hardware_profiles.uncached_read import UncachedReader, aligned_buffer, write_padded
+from hardware_profiles.uncached_read import BufferRing, UncachedReader, aligned_buffer, write_padded
 
 FILES_PER_SIZE = 4
 
@@ -98,10 +98,12 @@ def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repea
         return probe.measure(repeats, tick)
 
 
-def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, buffers: Sequence,
+def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, ring: BufferRing,
                   bursts: Sequence[int], repeats: int, rng) -> dict[int, list[float]]:
-    """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT) until the last completes,
-    per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes). Each burst reads k distinct files of one
+    """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT), from the submitting call
+    (issuing included, as a GPU copy's latency includes its launch) until the last completes,
+    per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes), into buffers taken from `ring` (as the
+    runtime takes them). Each burst reads k distinct files of one
     group drawn at random (a group: files that are read together, e.g. the experts of one layer, which lie near each
     other on disk). Fitted, latency + bytes / bandwidth is the link a simulator sees when several copies may be set
     up at once and the wire carries one at a time."""
@@ -111,12 +113,14 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
         for _ in range(repeats):
             group = groups[rng.integers(len(groups))]
             chosen = rng.choice(len(group), size=min(k, len(group)), replace=False)
-            reads = [(group[i], buffers[j], nbytes) for j, i in enumerate(chosen)]
+            reads = [(group[i], ring.take(), nbytes) for i in chosen]
             t0 = time.perf_counter()
             tickets = reader.submit(reads)
             for ticket in tickets:
                 reader.wait(ticket)
             times.append(time.perf_counter() - t0)
+            for _, buffer, _ in reads:
+                ring.give(buffer)
         samples[k * nbytes] = times
     return samples
 
@@ -125,5 +129,5 @@ def burst_method(groups: Sequence[Sequence[Path]], bursts: Sequence[int], repeat
     files = sum(len(g) for g in groups)
     where = mount_of(groups[0][0]) if groups and groups[0] else "?"
     return (f"bursts of {list(bursts)} whole-file reads (open, O_DIRECT Linux native AIO, close) submitted at once and "
-            f"polled until the last completes, the files of a burst drawn from one of {len(groups)} groups "
+            f"polled until the last completes (timed from the submitting call), the files of a burst drawn from one of {len(groups)} groups "
             f"({files} files) on {where}, mean of {repeats}")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections import deque
 from pathlib import Path
 
 ALIGN = 4096
 """Byte alignment of O_DIRECT buffers, offsets and lengths."""
+HUGE_PAGE = 2 << 20
 
 O_DIRECT = "O_DIRECT"
 FADVISE = "posix_fadvise(POSIX_FADV_DONTNEED)"
@@ -32,9 +34,10 @@ def padded(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def aligned_buffer(nbytes: int) -> mmap.mmap:
-    """A zeroed, page-aligned anonymous buffer of at least `nbytes` (rounded up to ALIGN) for O_DIRECT reads."""
-    return mmap.mmap(-1, padded(max(nbytes, 1)))
+def aligned_buffer(nbytes: int) -> memoryview:
+    """A zeroed, page-aligned buffer of at least `nbytes` (rounded up to ALIGN) for O_DIRECT reads, in huge pages
+    where the platform has them (`huge_page_buffers`)."""
+    return huge_page_buffers(1, max(nbytes, 1))[0]
 
 
 def write_padded(path: str | os.PathLike, data) -> None:
@@ -57,7 +60,7 @@ class UncachedReader:
         self.directory = Path(directory)
         self.method = method or self._probe()
 
-    def read_into(self, path: str | os.PathLike, buffer: mmap.mmap, nbytes: int) -> None:
+    def read_into(self, path: str | os.PathLike, buffer, nbytes: int) -> None:
         """Read the first `nbytes` of `path` (rounded up to ALIGN, within the padded file) into `buffer`."""
         length = padded(nbytes)
         view = memoryview(buffer)[:length]
@@ -92,3 +95,44 @@ class UncachedReader:
             return FADVISE if hasattr(os, "posix_fadvise") else PLAIN
         finally:
             probe.unlink(missing_ok=True)
+
+
+def huge_page_buffers(count: int, nbytes: int) -> list[memoryview]:
+    """`count` page-aligned buffers of `padded(nbytes)` bytes, carved from one anonymous mapping advised to use
+    transparent huge pages (where the platform has them) and faulted in now.
+
+    Why huge pages: an O_DIRECT read pins its destination pages, and on the virtual machine this was built on,
+    reading 1 MB experts into 4 KiB pages cost 70-117 us of CPU per read to submit and bursts of four reads took
+    3.6-4.4 ms, against 15-17 us and 1.2 ms into huge pages (interleaved, same files); 4 KiB-page reads were also
+    1.3-2.6x slower into a buffer that had taken a read shortly before, which huge pages do not show (within ~5%).
+    It is the CPU's counterpart of pinned memory for GPU copies.
+    """
+    size = padded(nbytes)
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    arena = mmap.mmap(-1, size * count + HUGE_PAGE, flags=flags) if flags else mmap.mmap(-1, size * count + HUGE_PAGE)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        arena.madvise(mmap.MADV_HUGEPAGE)
+    arena.write(bytes(len(arena)))  # fault the pages in now, not during a timed read
+    view = memoryview(arena)
+    return [view[i * size : (i + 1) * size] for i in range(count)]
+
+
+
+class BufferRing:
+    """Read buffers (`huge_page_buffers`) handed out first-in first-out: a buffer given back is taken again only
+    after every other free buffer has been, as a runtime that recycles evicted experts' memory does."""
+
+    def __init__(self, count: int, nbytes: int):
+        self.nbytes = nbytes
+        self.count = count
+        self._free = deque(huge_page_buffers(count, nbytes))
+
+    def take(self) -> memoryview:
+        return self._free.popleft()
+
+    def give(self, buffer: memoryview) -> None:
+        self._free.append(buffer)
+
+    def __len__(self) -> int:
+        """Buffers free now."""
+        return len(self._free)

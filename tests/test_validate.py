@@ -12,6 +12,7 @@ import pytest
 from experiments.config import DEFAULT_TRACE
 from experiments.offload_runtime import ExpertStore, OffloadRuntime
 from experiments.validate import CASE_KEYS, choose_scale, first_tokens, scaled_model
+from hardware_profiles.uncached_read import BufferRing
 from hardware_profiles.schema import load_profile
 from simulator.presets import get_preset
 
@@ -81,7 +82,9 @@ def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
     needed = {(s.layer, e) for s in part.steps for e in s.experts}
     assert store.ensure(needed) == len(needed)
     assert store.ensure(needed) == 0  # kept across runs
-    result = OffloadRuntime(store, capacity=8).run(part.steps)
+    ring = BufferRing(8 * model.moe_layers + 4, model.bytes_per_expert)
+    result = OffloadRuntime(store, capacity=8, ring=ring).run(part.steps)
+    assert len(ring) == ring.count  # every buffer back in the ring
     assert result.accesses == sum(len(s.experts) for s in part.steps)
     assert result.hits + result.loads == result.accesses
     assert 0 <= result.stall_s <= result.total_s
