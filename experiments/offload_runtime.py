@@ -131,7 +131,7 @@ class OffloadRuntime:
         self.x = rng.standard_normal((1, hidden), dtype=DTYPE)
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
-            experts: bool = True) -> RuntimeResult:
+            experts: bool = True, reads: bool = True) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
@@ -139,6 +139,8 @@ class OffloadRuntime:
         `experts=False` skips the expert FFNs and the reads: what is left is a layer step's non-expert work (the
         router, the cache and buffer bookkeeping), which calibration times on synthetic routing. Issuing the reads
         is not in it: the link's calibration times a read from its issue, as a GPU copy's latency includes its launch.
+        `reads=False` computes every expert as if it were resident (the buffers hold whatever they held): the
+        expert FFN as the runtime runs it, between its own bookkeeping, which calibration times the same way.
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
@@ -174,18 +176,18 @@ class OffloadRuntime:
                         ring.give(buffer_of.pop(key))
                         del views[key]
                     cache.evicted.clear()
-                    keys, reads = [], []
+                    keys, issued = [], []
                     for expert in misses:
                         key = base + expert
                         buffer_of[key] = buffer = ring.take()
                         views[key] = expert_views(np.frombuffer(buffer, DTYPE, self.values), hidden, ffn)
                         keys.append(key)
-                        reads.append((paths[layer][expert], buffer, nbytes))
+                        issued.append((paths[layer][expert], buffer, nbytes))
                     if not experts:
                         continue
-                    pending = zip(keys, reader.submit(reads)) if reads else ()
+                    pending = zip(keys, reader.submit(issued)) if issued and reads else ()
                     y = np.zeros_like(x)
-                    missed = set(misses)
+                    missed = set(misses) if reads else set()
                     for expert in step.experts:
                         if expert not in missed:
                             y = y + gated_ffn(x, *views[base + expert])

@@ -131,11 +131,20 @@ class Calibration:
     """Mean time of a layer step's non-expert work (router, cache and buffer bookkeeping) on synthetic routing."""
     non_expert_spread: float
     """Its standard deviation over mean across probes."""
+    expert_s: float
+    """Mean time of one expert FFN as the runtime runs it (synthetic routing, every expert resident)."""
+    expert_spread: float
 
-    def non_expert_params(self) -> int:
+    def kernel_overhead_s(self, nbytes: int) -> float:
+        """The per-call overhead that makes the roofline's time for an expert of `nbytes` the in-loop `expert_s`
+        (the slope stays the FFN fit's bandwidth)."""
+        return max(0.0, self.expert_s - nbytes / self.ffn.fit.bandwidth_Bps)
+
+    def non_expert_params(self, nbytes: int) -> int:
         """`non_expert_s` as the simulator's unit of non-expert work: the parameters whose roofline time (memory-bound,
-        per-call overhead included) it is at the measured FFN bandwidth."""
-        return max(0, round((self.non_expert_s - self.ffn.fit.latency_s) * self.ffn.fit.bandwidth_Bps / PARAM_BYTES))
+        the per-call overhead included) it is at the measured FFN bandwidth."""
+        net = self.non_expert_s - self.kernel_overhead_s(nbytes)
+        return max(0, round(net * self.ffn.fit.bandwidth_Bps / PARAM_BYTES))
 
 
 def pooled(path: str, method: str, probes: list[dict[int, list[float]]]) -> PathMeasurement:
@@ -143,6 +152,12 @@ def pooled(path: str, method: str, probes: list[dict[int, list[float]]]) -> Path
     sizes = probes[0].keys()
     return PathMeasurement.from_samples(path, f"{method}; pooled over {len(probes)} probes",
                                         {s: [t for p in probes for t in p[s]] for s in sizes})
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """(mean, standard deviation over mean)."""
+    mean = float(np.mean(values))
+    return mean, float(np.std(values) / mean) if mean else 0.0
 
 
 def averaged(measurements: list[PathMeasurement]) -> PathMeasurement:
@@ -174,7 +189,8 @@ class MachineProbe:
         self.flops_tokens = 256
         self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
         self.synthetic = synthetic_steps(model, tokens=4, seed=seed + 7)
-        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": []}
+        self.top_k = model.top_k
+        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": []}
 
     def measure(self, runtime: OffloadRuntime) -> None:
         """Take one probe of each path, reading into the runtime's free buffers as it does, and keep it (`take`).
@@ -183,7 +199,11 @@ class MachineProbe:
         self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, runtime.ring, self.bursts,
                                                    s.storage_repeats, self.rng))
         self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
-        self.taken["non_expert"].append(runtime.run(self.synthetic, experts=False).total_s / len(self.synthetic))
+        steps = len(self.synthetic)
+        non_expert = runtime.run(self.synthetic, experts=False).total_s / steps
+        with_experts = runtime.run(self.synthetic, reads=False).total_s / steps
+        self.taken["non_expert"].append(non_expert)
+        self.taken["expert"].append((with_experts - non_expert) / self.top_k)
 
     def take(self) -> Calibration:
         """The probes taken since the last call, pooled and fitted."""
@@ -191,8 +211,8 @@ class MachineProbe:
         cal = Calibration(
             pooled("expert reads", burst_method(self.files, self.bursts, s.storage_repeats), self.taken["storage"]),
             pooled("cpu expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
-            float(np.mean(self.taken["non_expert"])),
-            float(np.std(self.taken["non_expert"]) / np.mean(self.taken["non_expert"])),
+            *mean_and_spread(self.taken["non_expert"]),
+            *mean_and_spread(self.taken["expert"]),
         )
         self.taken = {k: [] for k in self.taken}
         return cal
@@ -201,10 +221,14 @@ class MachineProbe:
         self.reader.close()
 
 
-def profile_document(storage: PathMeasurement, ffn: PathMeasurement, flops: float, flops_tokens: int, in_flight: int) -> dict:
+def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: int, in_flight: int) -> dict:
     """The calibration as a profile (the CPU as the GPU, storage reads as the link), every number cited."""
     cite = f"measured by moe-validate on {socket.gethostname()} {date.today().isoformat()}"
+    storage, ffn = cal.storage, cal.ffn
     fit_ffn, fit_io = ffn.fit, storage.fit
+    overhead_text = (f"{cite}, one expert FFN as the runtime runs it, {cal.expert_s * 1e6:.1f} us (its step code on synthetic "
+                     f"routing, every expert resident, less the same steps without experts, per expert), minus the "
+                     f"weight bytes over the fitted bandwidth")
     ffn_text = f"{cite}, {ffn.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_ffn.max_relative_error:.0%}"
     io_text = f"{cite}, {storage.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_io.max_relative_error:.0%}"
     flops_text = f"{cite}, one float32 expert FFN on {flops_tokens} tokens, 1 BLAS thread, best of 3"
@@ -216,10 +240,10 @@ def profile_document(storage: PathMeasurement, ffn: PathMeasurement, flops: floa
         "name": "validate-cpu-as-gpu",
         "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
         "gpu": {"name": f"{cpu_name()}, 1 BLAS thread", "memory_bytes": memory,
-                "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": fit_ffn.latency_s,
+                "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": cal.kernel_overhead_s(nbytes),
                 "sources": {"memory_bytes": f"{cite}, physical memory (sysconf); the runtime's slots use a small part",
                             "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
-                            "flops": flops_text, "kernel_overhead_s": ffn_text + " (intercept)"}},
+                            "flops": flops_text, "kernel_overhead_s": overhead_text}},
         "h2d": link,
         "d2h": {**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
         "cpu": {"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
@@ -270,8 +294,8 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
                     result = runtime.run(parts[i].steps, pause=lambda: probe.measure(runtime), pause_every=every)
                     probe.measure(runtime)
                     cal = probe.take()
-                    doc = profile_document(cal.storage, cal.ffn, probe.flops, probe.flops_tokens, model.top_k)
-                    simulated = replace(model, non_expert_params_per_layer=cal.non_expert_params())
+                    doc = profile_document(cal, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k)
+                    simulated = replace(model, non_expert_params_per_layer=cal.non_expert_params(model.bytes_per_expert))
                     hardware = ProfileFile.model_validate(doc).to_profile()
                     runs[i, c].append((result, simulate(parts[i], simulated, hardware, c), cal))
                     bar.update()
@@ -279,9 +303,8 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
         probe.close()
     every_cal = [cal for case in cases for _, _, cal in runs[case]]
     overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
-                          float(np.mean([c.non_expert_s for c in every_cal])),
-                          float(np.std([c.non_expert_s for c in every_cal]) / np.mean([c.non_expert_s for c in every_cal])))
-    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall.storage, overall.ffn, probe.flops, probe.flops_tokens, model.top_k),
+                          *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]))
+    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k),
                   ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
                    "over every run (each run was simulated with the measurements taken during it)."])
     print(calibration_line(overall, probe.flops))
@@ -292,8 +315,9 @@ def calibration_line(cal: Calibration, flops: float) -> str:
     def fit(m: PathMeasurement, digits: int) -> str:
         return f"{m.fit.latency_s * 1e6:.1f} us + bytes / {m.fit.bandwidth_Bps / 1e9:.{digits}f} GB/s (spread of run means up to {max(m.cv):.0%})"
     return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
-            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; non-expert work {cal.non_expert_s * 1e6:.1f} us "
-            f"per layer step (spread of run means {cal.non_expert_spread:.0%}; = {cal.non_expert_params():,} parameters)")
+            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; in the runtime's loop: an expert "
+            f"{cal.expert_s * 1e6:.1f} us (spread of run means {cal.expert_spread:.0%}), non-expert work {cal.non_expert_s * 1e6:.1f} us "
+            f"per layer step (spread {cal.non_expert_spread:.0%})")
 
 
 def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:
@@ -334,7 +358,9 @@ def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, sca
         "ffn_overhead_s": [c.ffn.fit.latency_s for c in cals],
         "ffn_bandwidth_Bps": [c.ffn.fit.bandwidth_Bps for c in cals],
         "non_expert_step_s": [c.non_expert_s for c in cals],
-        "non_expert_params_per_layer": [c.non_expert_params() for c in cals],
+        "non_expert_params_per_layer": [c.non_expert_params(model.bytes_per_expert) for c in cals],
+        "expert_in_loop_s": [c.expert_s for c in cals],
+        "kernel_overhead_s": [c.kernel_overhead_s(model.bytes_per_expert) for c in cals],
         "trace": part.name,
         "capacity": capacity,
         "tokens": part.tokens,
