@@ -109,7 +109,7 @@ def _run(cfg: DictConfig) -> None:
         "hardware": result.hardware.name,
         "trace": {"path": str(result.trace.path), "provenance": result.trace.meta.provenance},
     }
-    write_run(out_dir, document, result.metrics.layer_table())
+    write_run(out_dir, document, result.metrics.layer_table(), result.metrics.timeline)
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
     prefetch = f" prefetch={cfg.prefetch._target_.rsplit('.', 1)[-1]}" if cfg.prefetch._target_ else ""
     print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} capacity={run.cache.capacity} ({run.cache.scope}){prefetch}: "

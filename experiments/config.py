@@ -56,6 +56,8 @@ class MemoryConfig(_Strict):
 
 class ReplayConfig(_Strict):
     timed: bool = True
+    timeline: tuple[int, int] | None = None
+    """[first, last) token indices whose GPU and link activity is written to timeline.parquet (timed runs)."""
     batch_rows: int = Field(default=65536, ge=1)
     progress: bool = True
 

@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from experiments.report import load_layers, load_runs, varying  # noqa: E402
+from experiments.results import TIMELINE_FILE  # noqa: E402
 from simulator.errors import InputError  # noqa: E402
 
 POLICY_COLOURS = {
@@ -251,12 +252,48 @@ def locality_across_traces(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path]
     return save(fig, out_dir, "locality_across_traces")
 
 
+TIMELINE_COLOURS = {
+    "non-expert": "#BBBBBB",
+    "resident experts": "#009E73",
+    "fetched expert": "#E69F00",
+    "demand": "#0072B2",
+    "prefetch": "#56B4E9",
+}
+RESOURCES = ("gpu", "h2d", "gds", "nvme")
+
+
+def timeline_gantt(runs: pd.DataFrame, out_dir: Path, sweep_dir: Path, max_runs: int = 4, **_) -> list[Path] | str:
+    """Gantt chart of GPU and link activity over the recorded token window (`replay.timeline=[first,last]`), one
+    panel per run that recorded one (at most `max_runs`)."""
+    recorded = [(run, Path(sweep_dir) / run / TIMELINE_FILE) for run in runs["run"]]
+    recorded = [(run, path) for run, path in recorded if path.exists()][:max_runs]
+    if not recorded:
+        return "no run recorded a timeline (set replay.timeline=[first,last])"
+    fig, axes = plt.subplots(len(recorded), 1, figsize=(7.5, 1.5 + 1.1 * len(recorded)), squeeze=False,
+                             layout="constrained")
+    for ax, (run, path) in zip(axes[:, 0], recorded):
+        events = pd.read_parquet(path)
+        origin = events["start_s"].min()
+        rows = [r for r in RESOURCES if r in set(events["resource"])]
+        for y, resource in enumerate(rows):
+            for what, group in events[events["resource"] == resource].groupby("what"):
+                spans = list(zip((group["start_s"] - origin) * 1e3, (group["end_s"] - group["start_s"]) * 1e3))
+                ax.broken_barh(spans, (y - 0.35, 0.7), color=TIMELINE_COLOURS.get(what, "#999999"), linewidth=0)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set(xlabel="time from window start (ms)", title=run)
+        ax.invert_yaxis()
+    handles = [Patch(color=c, label=w) for w, c in TIMELINE_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    return save(fig, out_dir, "timeline")
+
+
 FIGURES: dict[str, Callable] = {
     "hit_rate_vs_capacity": hit_rate_vs_capacity,
     "stall_and_time_vs_capacity": stall_vs_capacity,
     "hardware_time_per_token": hardware_bars,
     "per_layer_hit_rate": per_layer_heatmap,
     "locality_across_traces": locality_across_traces,
+    "timeline": timeline_gantt,
 }
 
 

@@ -12,6 +12,9 @@ import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.json"
 PER_LAYER_FILE = "per_layer.parquet"
+TIMELINE_FILE = "timeline.parquet"
+TIMELINE_COLUMNS = ("resource", "start_s", "end_s", "id", "what")
+"""A timeline event: the GPU or a link, when, the MoE layer (GPU) or expert key layer·E + expert (links; -1 unknown)."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -27,13 +30,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_run(out_dir: Path, document: dict, per_layer: dict[str, list]) -> None:
-    """metrics.json (sorted keys: same inputs give the same bytes) and the per-layer table; metrics.json last,
-    so its presence marks a complete run."""
-    table = pa.table(per_layer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{PER_LAYER_FILE}.", suffix=".tmp", dir=out_dir)
+def write_run(out_dir: Path, document: dict, per_layer: dict[str, list], timeline: list[tuple] = ()) -> None:
+    """metrics.json (sorted keys: same inputs give the same bytes), the per-layer table and any timeline;
+    metrics.json last, so its presence marks a complete run."""
+    _write_table(out_dir / PER_LAYER_FILE, pa.table(per_layer))
+    if timeline:
+        _write_table(out_dir / TIMELINE_FILE, pa.table(dict(zip(TIMELINE_COLUMNS, map(list, zip(*timeline))))))
+    atomic_write_bytes(out_dir / METRICS_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     pq.write_table(table, tmp)
     os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / PER_LAYER_FILE)
-    atomic_write_bytes(out_dir / METRICS_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    os.replace(tmp, path)

@@ -136,11 +136,11 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
         h2d = replace(h2d, bandwidth_Bps=h2d.pageable_bandwidth_Bps)
     timed = run.replay.timed
 
-    def link(spec):
-        return Link(spec) if timed and spec is not None else None
+    def link(spec, name):
+        return Link(spec, name) if timed and spec is not None else None
 
-    return MemoryHierarchy(link(h2d), model.experts_per_layer, nvme=link(hardware.nvme), gds=link(hardware.gds),
-                           dram_cache=dram_cache, home=mem.home, path=mem.path)
+    return MemoryHierarchy(link(h2d, "h2d"), model.experts_per_layer, nvme=link(hardware.nvme, "nvme"),
+                           gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
 def simulate(run: RunConfig, progress=None) -> RunResult:
@@ -180,6 +180,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         miss_handler=miss_handler,
         miss_costs=miss_costs(model, hardware) if miss_handler is not None else None,
         memory=make_memory(run, model, hardware),
+        timeline=tuple(run.replay.timeline) if run.replay.timeline else None,
         progress=progress.update if progress is not None else None,
     )
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)

@@ -38,8 +38,11 @@ class Transfer:
 
 
 class Link:
-    def __init__(self, spec: LinkSpec):
+    def __init__(self, spec: LinkSpec, name: str = "h2d"):
         self.spec = spec
+        self.name = name
+        self.log: list | None = None
+        """When a list, every transfer started is appended as (link, on wire, end, key, kind): a timeline window."""
         self._engine_free = [0.0] * spec.copy_engines
         self._wire_free = 0.0
         self._queue: deque[Transfer] = deque()
@@ -63,15 +66,16 @@ class Link:
     def queued(self) -> int:
         return len(self._queue)
 
-    def transfer(self, ready_s: float, nbytes: int) -> float:
-        """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived."""
+    def transfer(self, ready_s: float, nbytes: int, key: int = -1) -> float:
+        """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived. `key` only
+        labels it in a timeline."""
         self.advance(ready_s)
         on_wire = self._on_wire
         if self.spec.preempt_prefetch and on_wire is not None and on_wire.prefetch and on_wire.end_s > ready_s:
-            return self._preempt(on_wire, ready_s, nbytes)
-        return self._start(Transfer(-1, nbytes, ready_s, prefetch=False))
+            return self._preempt(on_wire, ready_s, nbytes, key)
+        return self._start(Transfer(key, nbytes, ready_s, prefetch=False))
 
-    def _preempt(self, paused: Transfer, ready_s: float, nbytes: int) -> float:
+    def _preempt(self, paused: Transfer, ready_s: float, nbytes: int, key: int) -> float:
         """The demand takes the wire once set up; the paused prefetch's remaining bytes follow it."""
         takeover = max(ready_s + self.spec.latency_s, paused.end_s - paused.nbytes / self.spec.bandwidth_Bps)
         remaining_s = paused.end_s - takeover
@@ -84,6 +88,8 @@ class Link:
         self.transfers += 1
         self.bytes_demand += nbytes
         self.busy_demand_s += wire_s
+        if self.log is not None:
+            self.log.append((self.name, takeover, end, key, "demand"))
         return end
 
     def prefetch(self, ready_s: float, key: int, nbytes: int) -> Transfer:
@@ -139,4 +145,6 @@ class Link:
             self.busy_demand_s += wire_s
         transfer.end_s = end
         self._on_wire = transfer
+        if self.log is not None:
+            self.log.append((self.name, on_wire, end, transfer.key, "prefetch" if transfer.prefetch else "demand"))
         return end

@@ -51,21 +51,23 @@ class MemoryHierarchy:
         """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order."""
         arrivals = [0.0] * len(fetches)
         from_nvme = []
+        base = layer * self.experts_per_layer
         for i, (expert, nbytes) in enumerate(fetches):
             if self.in_dram(layer, expert):
                 if self.h2d is not None:
-                    arrivals[i] = self.h2d.transfer(now, nbytes)
+                    arrivals[i] = self.h2d.transfer(now, nbytes, base + expert)
             else:
                 from_nvme.append(i)
                 self.bytes_nvme += fetches[i][1]
         if self.h2d is None:
             return arrivals
         for i in from_nvme:
-            nbytes = fetches[i][1]
+            expert, nbytes = fetches[i]
+            key = base + expert
             if self.direct:
-                arrivals[i] = self.gds.transfer(now, nbytes)
+                arrivals[i] = self.gds.transfer(now, nbytes, key)
             else:
-                arrivals[i] = self.h2d.transfer(self.nvme.transfer(now, nbytes), nbytes)
+                arrivals[i] = self.h2d.transfer(self.nvme.transfer(now, nbytes, key), nbytes, key)
         return arrivals
 
     def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:
@@ -75,7 +77,7 @@ class MemoryHierarchy:
         self.bytes_nvme += nbytes
         if self.direct:
             return self.gds.prefetch(now, key, nbytes)
-        return self.h2d.prefetch(self.nvme.transfer(now, nbytes), key, nbytes)
+        return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key), key, nbytes)
 
     def links(self) -> list[Link]:
         return [link for link in (self.h2d, self.gds) if link is not None]

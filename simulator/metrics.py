@@ -58,6 +58,8 @@ class Metrics:
     approximated_skipped: int = 0
     timed: bool = False
     prefetch: PrefetchCounters = field(default_factory=PrefetchCounters)
+    timeline: list[tuple] = field(default_factory=list)
+    """Recorded events (resource, start s, end s, layer or key, what) of a timeline window; see `replay(timeline=)`."""
     per_layer: LayerCounters = field(default_factory=lambda: LayerCounters.zeros(0))
 
     @property

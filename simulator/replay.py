@@ -69,6 +69,7 @@ def replay(
     miss_handler: MissHandler | None = None,
     miss_costs: MissCosts | None = None,
     memory: MemoryHierarchy | None = None,
+    timeline: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
@@ -77,12 +78,14 @@ def replay(
     take prefetches (their view of the future is the demand stream). A `miss_handler` needs `miss_costs`; chunks
     must carry gate weights if the handler or the cache policy reads them. `memory` describes the tiers behind the
     GPU (default: every expert in DRAM, one host-to-device link from `timing`); its links carry the replay's clock.
+    `timeline` = (first, last) token indices (0-based, over the whole replay) records what the GPU and the links
+    did for those tokens into `Metrics.timeline` (timed replays only).
     """
     if prefetcher is not None and cache.offline:
         raise InputError("prefetch: offline cache policies (belady, static) cannot take prefetched experts")
     if miss_handler is not None and miss_costs is None:
         raise ValueError("a miss handler needs miss_costs")
-    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory)
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline)
     tokens = _tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -126,7 +129,8 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
 
 class _Replay:
     def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None,
-                 miss_handler: MissHandler | None, miss_costs: MissCosts | None, memory: MemoryHierarchy | None):
+                 miss_handler: MissHandler | None, miss_costs: MissCosts | None, memory: MemoryHierarchy | None,
+                 timeline: tuple[int, int] | None = None):
         model = cache.model
         self.cache = cache
         self.timing = timing
@@ -134,6 +138,8 @@ class _Replay:
             memory = MemoryHierarchy(Link(timing.h2d) if timing else None, model.experts_per_layer)
         self.memory = memory
         self.link = memory.h2d
+        self.window = timeline if timing else None
+        self.events: list | None = None  # the timeline while the current token is inside the window
         self.lookup = model.kind == "mole"
         if self.lookup and (prefetcher is not None or miss_handler is not None):
             raise InputError("model.kind=mole: lookup experts are fetched by token id; no prefetcher or miss handler")
@@ -187,6 +193,8 @@ class _Replay:
                 metrics.sequences += 1
                 last_sequence = token.sequence
                 previous = None
+            if self.window is not None:
+                self._record_token(metrics.tokens)
             metrics.tokens += 1
             if prefetcher is not None:
                 self._begin_token(token, previous)
@@ -196,6 +204,14 @@ class _Replay:
                 yield self.now
             if prefetcher is not None:
                 previous = dict(zip(token.layers, token.experts))
+
+    def _record_token(self, index: int) -> None:
+        """Switch event recording on for tokens inside the timeline window and off outside it."""
+        first, last = self.window
+        self.events = self.metrics.timeline if first <= index < last else None
+        for link in (*self.memory.links(), self.memory.nvme):
+            if link is not None:
+                link.log = self.events
 
     def _next_token(self) -> Token | None:
         if self._upcoming:
@@ -303,11 +319,17 @@ class _Replay:
         if timing:
             compute = (len(loaded) - len(misses)) * expert_s
             gpu = t_router + compute
+            events = self.events
+            if events is not None:
+                events.append(("gpu", self.now, t_router, layer, "non-expert"))
+                events.append(("gpu", t_router, gpu, layer, "resident experts"))
             stall = 0.0
             for arrival, compute_s in sorted(arrivals):
                 if arrival > gpu:
                     stall += arrival - gpu
                     gpu = arrival
+                if events is not None:
+                    events.append(("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
                 gpu += compute_s
                 compute += compute_s
             metrics.compute_time_s += timing.costs.non_expert_s + compute
@@ -324,14 +346,14 @@ class _Replay:
         metrics.per_layer.bytes_h2d[layer] += nbytes
         metrics.layer_steps += 1
         if self.timing:
-            arrival = self.memory.demand(layer, [(-1, nbytes)], t_router)[0] if experts else t_router
+            arrival = self.memory.demand(layer, [(experts[0], nbytes)], t_router)[0] if experts else t_router
             stall = max(0.0, arrival - t_router)
             metrics.compute_time_s += self.timing.costs.non_expert_s
             metrics.stall_time_s += stall
             metrics.per_layer.stall_s[layer] += stall
             self.now = t_router + stall
         elif self.memory.on_nvme and experts:
-            self.memory.demand(layer, [(-1, nbytes)], t_router)
+            self.memory.demand(layer, [(experts[0], nbytes)], t_router)
 
     # -- miss handling -------------------------------------------------------------------------------------------
 

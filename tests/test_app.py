@@ -149,3 +149,17 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, trace, args, needle):
     assert len(lines) == 1, result.stderr
     assert needle in lines[0] and "Traceback" not in result.stderr
     assert not list(tmp_path.glob("outputs/*/*/metrics.json"))
+
+
+def test_timeline_window_is_written_and_drawn(tmp_path, trace):
+    from experiments.plot import timeline_gantt
+    from experiments.report import load_runs
+
+    result = moe_sim(f"trace.path={trace}", "replay.timeline=[2,4]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = pd.read_parquet(run_dir(tmp_path) / "timeline.parquet")
+    assert set(events["resource"]) == {"gpu", "h2d"}
+    assert (events["end_s"] >= events["start_s"]).all()
+    assert (events[events["what"] == "non-expert"].shape[0]) == 2 * 26  # two tokens × 26 layer steps
+    written = timeline_gantt(load_runs(tmp_path / "outputs"), tmp_path / "fig", sweep_dir=tmp_path / "outputs")
+    assert [p.suffix for p in written] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in written)

@@ -90,3 +90,15 @@ def test_roofline_is_memory_bound_at_batch_one():
     assert gpu_s(100, model, gpu) == pytest.approx(0.5 + 0.2)
     # At 10,000 tokens the FLOPs dominate: 2·100·1e4 / 1e6 = 2 s.
     assert gpu_s(100, model, gpu, tokens=10_000) == pytest.approx(0.5 + 2.0)
+
+
+def test_timeline_window_records_what_the_gpu_and_the_link_did():
+    cache = ExpertCache(LRUCache, 2, "layer", toy_model())
+    m = replay([chunk(THREE_TOKENS)], cache, Timing(COSTS, ONE_ENGINE), timeline=(1, 2))
+    # Token 1 only (see test_three_tokens_one_copy_engine): expert 2 crosses 7.25..9.25 (key layer 0 · 4 + 2).
+    assert sorted(m.timeline) == sorted([
+        ("gpu", 6.0, 7.0, 0, "non-expert"),
+        ("gpu", 7.0, 7.5, 0, "resident experts"),
+        ("h2d", 7.25, 9.25, 2, "demand"),
+        ("gpu", 9.25, 9.75, 0, "fetched expert"),
+    ])
