@@ -32,7 +32,6 @@ class Transfer:
     ready_s: float
     prefetch: bool
     end_s: float | None = None
-    cancelled: bool = False
     link: "Link | None" = None
     """The link the transfer is booked on."""
 
@@ -61,10 +60,6 @@ class Link:
     @property
     def busy_s(self) -> float:
         return self.busy_demand_s + self.busy_prefetch_s
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     def transfer(self, ready_s: float, nbytes: int, key: int = -1) -> float:
         """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived. `key` only
@@ -107,14 +102,6 @@ class Link:
         transfer.prefetch = False
         transfer.ready_s = max(transfer.ready_s, now_s)  # an NVMe-staged prefetch still needs its read
         return self._start(transfer)
-
-    def cancel(self, transfer: Transfer) -> bool:
-        """Drop a prefetch that has not started; returns False if it is already in flight."""
-        if transfer.end_s is not None:
-            return False
-        self._queue.remove(transfer)
-        transfer.cancelled = True
-        return True
 
     def advance(self, now_s: float) -> None:
         """Start every queued prefetch that would have begun before `now_s`."""

@@ -261,22 +261,42 @@ class _Replay:
         if weights is not None and cache.uses_gate_weights:
             cache.observe_gates(layer, experts, weights)
         k = len(experts)
-        base = layer * self.experts_per_layer
         expert_s = timing.costs.expert_s if timing else 0.0
-        arrivals = []  # (arrival, GPU compute it then needs) of every expert not resident at the router
-        demand_bytes = 0  # bytes this step starts as demand fetches
         loaded, handled = experts, ()
         if self.miss_handler is not None:
             loaded, handled = self._triage(layer, experts, weights)
         misses = cache.access(layer, loaded)
         if self.unused:
             self._count_useful(layer, experts, misses)
-        # Every expert not resident at the router, in router order: the order they go on the link.
+        arrivals, demand_bytes = self._fetch(layer, misses, handled, experts, t_router, expert_s)
+        if cache.evicted:
+            self._count_evictions()
+        per_layer = metrics.per_layer
+        per_layer.accesses[layer] += k
+        per_layer.hits[layer] += len(loaded) - len(misses)
+        per_layer.bytes_h2d[layer] += demand_bytes
+        metrics.layer_steps += 1
+        if self.prefetcher is not None:
+            view = self.view
+            view.now_s = t_router
+            view.layer, view.experts = layer, experts
+            view.token_routing[layer] = experts
+            self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
+        if timing:
+            self._compute(layer, t_router, (len(loaded) - len(misses)) * expert_s, arrivals)
+
+    def _fetch(self, layer, misses, handled, experts, t_router, expert_s) -> tuple[list, int]:
+        """Bring in every expert not resident at the router, in router order (the order they go on the link):
+        wait for a late prefetch, fetch on demand, or let the miss handler's choice stand. Returns the arrivals
+        (time, GPU compute then needed) and the demand bytes booked."""
+        metrics, timing = self.metrics, self.timing
+        base = layer * self.experts_per_layer
+        arrivals, demand_bytes = [], 0
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         else:
             outstanding = [(0, LOAD, e, 1.0) for e in misses]
-        fetches = []  # demand fetches (expert, bytes) of this step, in router order
+        fetches = []  # demand fetches (expert, bytes), in router order
         for _, action, expert, fraction in outstanding:
             if action == LOAD:
                 transfer = self.inflight.pop(base + expert, None) if self.inflight else None
@@ -303,39 +323,30 @@ class _Replay:
                 booked = self.memory.demand(layer, fetches, t_router)
                 if timing:
                     arrivals.extend((arrival, expert_s) for arrival in booked)
-        if cache.evicted:
-            self._count_evictions()
-        per_layer = metrics.per_layer
-        per_layer.accesses[layer] += k
-        per_layer.hits[layer] += len(loaded) - len(misses)
-        per_layer.bytes_h2d[layer] += demand_bytes
-        metrics.layer_steps += 1
-        if self.prefetcher is not None:
-            view = self.view
-            view.now_s = t_router
-            view.layer, view.experts = layer, experts
-            view.token_routing[layer] = experts
-            self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
-        if timing:
-            compute = (len(loaded) - len(misses)) * expert_s
-            gpu = t_router + compute
-            events = self.events
+        return arrivals, demand_bytes
+
+    def _compute(self, layer: int, t_router: float, resident_s: float, arrivals: list) -> None:
+        """The GPU computes the resident experts, then each arrival as it lands; advances the clock to the end."""
+        metrics = self.metrics
+        compute = resident_s
+        gpu = t_router + compute
+        events = self.events
+        if events is not None:
+            events.append(("gpu", self.now, t_router, layer, "non-expert"))
+            events.append(("gpu", t_router, gpu, layer, "resident experts"))
+        stall = 0.0
+        for arrival, compute_s in sorted(arrivals):
+            if arrival > gpu:
+                stall += arrival - gpu
+                gpu = arrival
             if events is not None:
-                events.append(("gpu", self.now, t_router, layer, "non-expert"))
-                events.append(("gpu", t_router, gpu, layer, "resident experts"))
-            stall = 0.0
-            for arrival, compute_s in sorted(arrivals):
-                if arrival > gpu:
-                    stall += arrival - gpu
-                    gpu = arrival
-                if events is not None:
-                    events.append(("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
-                gpu += compute_s
-                compute += compute_s
-            metrics.compute_time_s += timing.costs.non_expert_s + compute
-            metrics.stall_time_s += stall
-            per_layer.stall_s[layer] += stall
-            self.now = gpu
+                events.append(("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
+            gpu += compute_s
+            compute += compute_s
+        metrics.compute_time_s += self.timing.costs.non_expert_s + compute
+        metrics.stall_time_s += stall
+        metrics.per_layer.stall_s[layer] += stall
+        self.now = gpu
 
     def _lookup_step(self, layer: int, experts: list[int], t_router: float) -> None:
         """A Mixture-of-Lookup-Experts step: the routed experts' table rows come from the experts' home in one read;
