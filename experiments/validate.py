@@ -71,7 +71,7 @@ class Settings:
     @classmethod
     def of(cls, quick: bool, tokens: int | None, capacities: list[int] | None, repeats: int | None,
            disk_budget: int | None) -> "Settings":
-        base = cls(2, (8,), 1, 256 << 20, 4, 1, 1, 64) if quick else cls(64, (8, 16, 32), 3, 2 << 30, 8, 2, 2, 1024)
+        base = cls(2, (8,), 1, 256 << 20, 4, 1, 1, 64) if quick else cls(64, (8, 16, 32), 3, 2 << 30, 24, 2, 2, 1024)
         return replace(base, tokens=tokens or base.tokens, capacities=tuple(capacities or base.capacities),
                        repeats=repeats or base.repeats, disk_budget_bytes=disk_budget or base.disk_budget_bytes)
 

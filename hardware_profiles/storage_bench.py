@@ -128,6 +128,6 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
 def burst_method(groups: Sequence[Sequence[Path]], bursts: Sequence[int], repeats: int) -> str:
     files = sum(len(g) for g in groups)
     where = mount_of(groups[0][0]) if groups and groups[0] else "?"
-    return (f"bursts of {list(bursts)} whole-file reads (open, O_DIRECT Linux native AIO, close) submitted at once and "
+    return (f"bursts of {list(bursts)} whole-file reads (files kept open, O_DIRECT Linux native AIO) submitted at once and "
             f"polled until the last completes (timed from the submitting call), the files of a burst drawn from one of {len(groups)} groups "
             f"({files} files) on {where}, mean of {repeats}")
