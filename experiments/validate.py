@@ -66,7 +66,7 @@ class Settings:
     ffn_repeats: int
     probe_every_tokens: int
     spare_buffers: int
-    """DRAM buffers beyond the largest cache, so that reads rotate through rested buffers (`BufferRing`)."""
+    """DRAM buffers beyond what is live at once, so that reads rotate through rested buffers (`BufferRing`)."""
 
     @classmethod
     def of(cls, quick: bool, tokens: int | None, capacities: list[int] | None, repeats: int | None,
@@ -280,7 +280,9 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
         store.ensure(needed, bar.update)
     by_layer = [sorted(store.path(l, e) for l, e in needed if l == layer) for layer in range(model.moe_layers)]
     probe = MachineProbe(model, by_layer, settings, seed)
-    ring = BufferRing(max(settings.capacities) * model.moe_layers + settings.spare_buffers, model.bytes_per_expert)
+    # The run holds up to capacity × layers buffers, a probe inside it as many again (its synthetic run) plus top_k.
+    ring = BufferRing(2 * max(settings.capacities) * model.moe_layers + model.top_k + settings.spare_buffers,
+                      model.bytes_per_expert)
     runtimes = {c: OffloadRuntime(store, c, ring, seed) for c in settings.capacities}
     cases = [(i, c) for i in range(len(parts)) for c in settings.capacities]
     runs: dict[tuple[int, int], list[tuple[RuntimeResult, Metrics, Calibration]]] = {case: [] for case in cases}
