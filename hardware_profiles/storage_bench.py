@@ -74,7 +74,7 @@ class StorageProbe:
         return samples
 
     def method(self, repeats: int) -> str:
-        return (f"{self.reader.method} whole-file reads (open, read, close), one at a time, {FILES_PER_SIZE} files "
+        return (f"{self.reader.method} whole-file reads (open, read, close) into a huge-page buffer, one at a time, {FILES_PER_SIZE} files "
                 f"per size in rotation on {mount_of(self.scratch)}, mean of {repeats}")
 
     def measure(self, repeats: int, tick: Callable[[], None] | None = None) -> PathMeasurement:
