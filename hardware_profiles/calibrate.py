@@ -258,7 +258,7 @@ def profile_document(cal: Calibration, name: str, gpu_from: str) -> tuple[dict, 
 def write_profile(path: str | os.PathLike, doc: dict, comments: list[str]) -> None:
     """Validate `doc` against the schema, then write it with `comments` on top."""
     ProfileFile.model_validate(doc)
-    header = "".join(f"# {line}\n" for line in ["Written by moe-calibrate. SI units, the unit in each key's name.", *comments])
+    header = "".join(f"# {line}\n" for line in [*comments, "SI units, the unit in each key's name."])
     body = yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(header + body, encoding="utf-8")
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             cal = measure(model.hidden_size, model.expert_intermediate_size, effort, args.storage_dir, args.threads,
                           with_cuda, bar)
         doc, comments = profile_document(cal, args.name or Path(args.out).stem, args.gpu_from)
-        write_profile(args.out, doc, comments)
+        write_profile(args.out, doc, ["Written by moe-calibrate.", *comments])
         load_profile(args.out)
     except InputError as err:
         print(f"moe-calibrate: {err}", file=sys.stderr)
