@@ -93,7 +93,8 @@ def test_timed_sweep_over_traces_and_machines_draws_every_figure(tmp_path, capsy
         write_synthetic(path, model, SynthParams(sequences=1, tokens_per_sequence=12, reuse=reuse))
         traces.append(str(path))
     moe_sim("-m", f"trace.path={','.join(traces)}", "hardware=rtx4090_pcie4,gh200_c2c", "policy=lru,belady",
-            "cache.capacity=8,16", f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)  # tiny jobs: in-process
+            "cache.capacity=8,16", "replay.timeline=[2,4]", f"hydra.sweep.dir={tmp_path / 'grid'}",
+            cwd=tmp_path)  # tiny jobs: in-process
     plot.main([str(tmp_path / "grid"), "--out", str(tmp_path / "fig")])
     assert "skipped" not in capsys.readouterr().out
     for name in plot.FIGURES:
