@@ -45,7 +45,7 @@ class Link:
         self._engine_free = [0.0] * spec.copy_engines
         self._wire_free = 0.0
         self._queue: deque[Transfer] = deque()
-        self._on_wire: Transfer | None = None  # the transfer started last: the only one the wire may still carry
+        self._on_wire: Transfer | None = None  # the prefetch started last, if nothing followed it: preemptible
         self.bytes_demand = 0
         self.bytes_prefetch = 0
         self.transfers = 0
@@ -64,11 +64,13 @@ class Link:
     def transfer(self, ready_s: float, nbytes: int, key: int = -1) -> float:
         """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived. `key` only
         labels it in a timeline."""
-        self.advance(ready_s)
+        if self._queue:
+            self.advance(ready_s)
         on_wire = self._on_wire
-        if self.spec.preempt_prefetch and on_wire is not None and on_wire.prefetch and on_wire.end_s > ready_s:
+        if on_wire is not None and self.spec.preempt_prefetch and on_wire.end_s > ready_s:
             return self._preempt(on_wire, ready_s, nbytes, key)
-        return self._start(Transfer(key, nbytes, ready_s, prefetch=False))
+        self._on_wire = None
+        return self._book(ready_s, nbytes, False, key)
 
     def _preempt(self, paused: Transfer, ready_s: float, nbytes: int, key: int) -> float:
         """The demand takes the wire once set up; the paused prefetch's remaining bytes follow it."""
@@ -114,24 +116,31 @@ class Link:
             self._start(head)
 
     def _start(self, transfer: Transfer) -> float:
+        transfer.end_s = self._book(transfer.ready_s, transfer.nbytes, transfer.prefetch, transfer.key)
+        self._on_wire = transfer if transfer.prefetch else None
+        return transfer.end_s
+
+    def _book(self, ready_s: float, nbytes: int, prefetch: bool, key: int) -> float:
+        """The calendar arithmetic of one transfer; returns its end."""
         engines = self._engine_free
-        engine = engines.index(min(engines))
-        start = max(transfer.ready_s, engines[engine])
-        on_wire = max(start + self.spec.latency_s, self._wire_free)
+        engine = engines.index(min(engines)) if len(engines) > 1 else 0
+        free = engines[engine]
+        start = ready_s if ready_s > free else free
+        on_wire = start + self.spec.latency_s
+        if on_wire < self._wire_free:
+            on_wire = self._wire_free
         # A link of zero bandwidth never delivers: the limit in which prefetching cannot help.
-        wire_s = transfer.nbytes / self.spec.bandwidth_Bps if self.spec.bandwidth_Bps else math.inf
+        wire_s = nbytes / self.spec.bandwidth_Bps if self.spec.bandwidth_Bps else math.inf
         end = on_wire + wire_s
         engines[engine] = end
         self._wire_free = end
         self.transfers += 1
-        if transfer.prefetch:
-            self.bytes_prefetch += transfer.nbytes
+        if prefetch:
+            self.bytes_prefetch += nbytes
             self.busy_prefetch_s += wire_s
         else:
-            self.bytes_demand += transfer.nbytes
+            self.bytes_demand += nbytes
             self.busy_demand_s += wire_s
-        transfer.end_s = end
-        self._on_wire = transfer
         if self.log is not None:
-            self.log.append((self.name, on_wire, end, transfer.key, "prefetch" if transfer.prefetch else "demand"))
+            self.log.append((self.name, on_wire, end, key, "prefetch" if prefetch else "demand"))
         return end

@@ -49,9 +49,12 @@ class MemoryHierarchy:
 
     def demand(self, layer: int, fetches: list[tuple[int, int]], now: float) -> list[float]:
         """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order."""
+        base = layer * self.experts_per_layer
+        if not self.on_nvme:
+            h2d = self.h2d
+            return [h2d.transfer(now, nbytes, base + e) for e, nbytes in fetches] if h2d else [0.0] * len(fetches)
         arrivals = [0.0] * len(fetches)
         from_nvme = []
-        base = layer * self.experts_per_layer
         for i, (expert, nbytes) in enumerate(fetches):
             if self.in_dram(layer, expert):
                 if self.h2d is not None:

@@ -294,9 +294,11 @@ class _Replay:
         arrivals, demand_bytes = [], 0
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
-        else:
+        elif self.inflight:
             outstanding = [(0, LOAD, e, 1.0) for e in misses]
-        fetches = []  # demand fetches (expert, bytes), in router order
+        else:  # the common case: every miss is a plain demand fetch
+            outstanding = ()
+        fetches = [] if outstanding else [(e, self.expert_bytes) for e in misses]  # (expert, bytes), router order
         for _, action, expert, fraction in outstanding:
             if action == LOAD:
                 transfer = self.inflight.pop(base + expert, None) if self.inflight else None
