@@ -9,6 +9,8 @@ run, on the same shapes, files and memory the runtime uses (`MachineProbe`):
     gpu.flops                                         the CPU expert FFN on 256 tokens
     h2d.bandwidth_Bps, h2d.latency_s                  fit of bursts of 1..top_k expert reads of one layer
     h2d.copy_engines = top_k                          all of a step's reads are in flight at once
+    h2d.issue_s                                       the submitting call's time per read in those bursts (the CPU,
+                                                      the "GPU" here, spends it before computing the step's experts)
     model.non_expert_params_per_layer                 the runtime's non-expert step work (router matmul, cache and
                                                       buffer bookkeeping) timed on synthetic routing, in parameters
 
@@ -134,6 +136,9 @@ class Calibration:
     expert_s: float
     """Mean time of one expert FFN as the runtime runs it (synthetic routing, every expert resident)."""
     expert_spread: float
+    issue_s: float = 0.0
+    """Mean time per read spent in the submitting call (io_submit and the iocb set-up) in the probe bursts."""
+    issue_spread: float = 0.0
 
     def kernel_overhead_s(self, nbytes: int) -> float:
         """The per-call overhead that makes the roofline's time for an expert of `nbytes` the in-loop `expert_s`
@@ -190,14 +195,16 @@ class MachineProbe:
         self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
         self.synthetic = synthetic_steps(model, tokens=4, seed=seed + 7)
         self.top_k = model.top_k
-        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": []}
+        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": [], "issue": []}
 
     def measure(self, runtime: OffloadRuntime) -> None:
         """Take one probe of each path, reading into the runtime's free buffers as it does, and keep it (`take`).
         The non-expert work is the runtime's own step code on synthetic routing with experts and reads skipped."""
         s = self.settings
+        submits: list[tuple[int, float]] = []
         self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, runtime.ring, self.bursts,
-                                                   s.storage_repeats, self.rng))
+                                                   s.storage_repeats, self.rng, submits))
+        self.taken["issue"].append(sum(t for _, t in submits) / sum(k for k, _ in submits))
         self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
         steps = len(self.synthetic)
         non_expert = runtime.run(self.synthetic, experts=False).total_s / steps
@@ -213,6 +220,7 @@ class MachineProbe:
             pooled("cpu expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
             *mean_and_spread(self.taken["non_expert"]),
             *mean_and_spread(self.taken["expert"]),
+            *mean_and_spread(self.taken["issue"]),
         )
         self.taken = {k: [] for k in self.taken}
         return cal
@@ -233,9 +241,14 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
     io_text = f"{cite}, {storage.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_io.max_relative_error:.0%}"
     flops_text = f"{cite}, one float32 expert FFN on {flops_tokens} tokens, 1 BLAS thread, best of 3"
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 1 << 30
+    issue_text = (f"{cite}, time in the submitting call (iocb set-up and io_submit) of the same bursts, summed and "
+                  f"divided by the reads submitted, {cal.issue_s * 1e6:.1f} us per read (spread over probes "
+                  f"{cal.issue_spread:.0%}); the runtime's CPU, the 'GPU', spends it before computing a step's experts")
     link = {"bandwidth_Bps": fit_io.bandwidth_Bps, "latency_s": fit_io.latency_s, "copy_engines": in_flight,
+            "issue_s": cal.issue_s,
             "sources": {"bandwidth_Bps": io_text + " (inverse slope)", "latency_s": io_text + " (intercept)",
-                        "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once."}}
+                        "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once.",
+                        "issue_s": issue_text}}
     return {
         "name": "validate-cpu-as-gpu",
         "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
@@ -305,7 +318,8 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
         probe.close()
     every_cal = [cal for case in cases for _, _, cal in runs[case]]
     overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
-                          *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]))
+                          *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]),
+                          *mean_and_spread([c.issue_s for c in every_cal]))
     write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k),
                   ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
                    "over every run (each run was simulated with the measurements taken during it)."])
@@ -319,7 +333,7 @@ def calibration_line(cal: Calibration, flops: float) -> str:
     return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
             f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; in the runtime's loop: an expert "
             f"{cal.expert_s * 1e6:.1f} us (spread of run means {cal.expert_spread:.0%}), non-expert work {cal.non_expert_s * 1e6:.1f} us "
-            f"per layer step (spread {cal.non_expert_spread:.0%})")
+            f"per layer step (spread {cal.non_expert_spread:.0%}); issuing a read {cal.issue_s * 1e6:.1f} us (spread {cal.issue_spread:.0%})")
 
 
 def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:

@@ -83,6 +83,14 @@ class LinkFields(_Cited):
     pageable_bandwidth_Bps: Positive | None = None
     """Bandwidth from pageable (not pinned) host memory, where it differs."""
     preempt_prefetch: bool = False
+    issue_s: NonNegative | None = None
+    """Compute-stream time to issue one transfer (a cudaMemcpyAsync call, an io_submit); unset means 0."""
+
+    def dataclass_kwargs(self) -> dict:
+        kwargs = super().dataclass_kwargs()
+        if kwargs["issue_s"] is None:
+            kwargs["issue_s"] = 0.0
+        return kwargs
 
 
 class CPUFields(_Cited):

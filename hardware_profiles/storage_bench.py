@@ -99,14 +99,16 @@ def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repea
 
 
 def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, ring: BufferRing,
-                  bursts: Sequence[int], repeats: int, rng) -> dict[int, list[float]]:
+                  bursts: Sequence[int], repeats: int, rng, submits: list[tuple[int, float]] | None = None
+                  ) -> dict[int, list[float]]:
     """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT), from the submitting call
     (issuing included, as a GPU copy's latency includes its launch) until the last completes,
     per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes), into buffers taken from `ring` (as the
     runtime takes them). Each burst reads k distinct files of one
     group drawn at random (a group: files that are read together, e.g. the experts of one layer, which lie near each
     other on disk). Fitted, latency + bytes / bandwidth is the link a simulator sees when several copies may be set
-    up at once and the wire carries one at a time."""
+    up at once and the wire carries one at a time. If `submits` is given, (k, seconds in the submitting call) is
+    appended to it for each burst: the submitting thread's own time to issue k reads."""
     samples: dict[int, list[float]] = {}
     for k in bursts:
         times = []
@@ -116,6 +118,8 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
             reads = [(group[i], ring.take(), nbytes) for i in chosen]
             t0 = time.perf_counter()
             tickets = reader.submit(reads)
+            if submits is not None:
+                submits.append((len(reads), time.perf_counter() - t0))
             for ticket in tickets:
                 reader.wait(ticket)
             times.append(time.perf_counter() - t0)

@@ -32,6 +32,9 @@ class LinkSpec:
     """A demand fetch pauses a prefetch that is on the wire (the prefetch resumes after it) instead of waiting."""
     pageable_bandwidth_Bps: float | None = None
     """Bandwidth from pageable host memory (a bounce through a pinned buffer), where it differs from pinned."""
+    issue_s: float = 0.0
+    """Time the compute stream spends issuing one transfer on this link (e.g. a cudaMemcpyAsync call, an io_submit);
+    charged to the GPU stream of the step that issues it. The transfer's own latency still counts from the issue."""
 
 
 @dataclass(frozen=True)

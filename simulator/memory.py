@@ -32,6 +32,12 @@ class MemoryHierarchy:
         self.dram_accesses = 0
         self.dram_hits = 0
         self.bytes_nvme = 0
+        self.issue_s = 0.0
+        """Compute-stream time spent issuing the transfers of the last `demand` call (each link's `issue_s` per
+        transfer booked on it; a staged NVMe read is two transfers)."""
+        self._h2d_issue = h2d.spec.issue_s if h2d is not None else 0.0
+        self._nvme_issue = nvme.spec.issue_s if nvme is not None else 0.0
+        self._gds_issue = gds.spec.issue_s if gds is not None else 0.0
 
     def in_dram(self, layer: int, expert: int) -> bool:
         """Judge (and, for a staged read, load) the expert in the DRAM tier; counts the DRAM access."""
@@ -48,17 +54,21 @@ class MemoryHierarchy:
         return hit
 
     def demand(self, layer: int, fetches: list[tuple[int, int]], now: float) -> list[float]:
-        """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order."""
+        """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order.
+        Sets `issue_s`, the compute stream's time to issue them."""
         base = layer * self.experts_per_layer
         if not self.on_nvme:
             h2d = self.h2d
+            self.issue_s = len(fetches) * self._h2d_issue
             return [h2d.transfer(now, nbytes, base + e) for e, nbytes in fetches] if h2d else [0.0] * len(fetches)
+        self.issue_s = 0.0
         arrivals = [0.0] * len(fetches)
         from_nvme = []
         for i, (expert, nbytes) in enumerate(fetches):
             if self.in_dram(layer, expert):
                 if self.h2d is not None:
                     arrivals[i] = self.h2d.transfer(now, nbytes, base + expert)
+                    self.issue_s += self._h2d_issue
             else:
                 from_nvme.append(i)
                 self.bytes_nvme += fetches[i][1]
@@ -69,8 +79,10 @@ class MemoryHierarchy:
             key = base + expert
             if self.direct:
                 arrivals[i] = self.gds.transfer(now, nbytes, key)
+                self.issue_s += self._gds_issue
             else:
                 arrivals[i] = self.h2d.transfer(self.nvme.transfer(now, nbytes, key), nbytes, key)
+                self.issue_s += self._nvme_issue + self._h2d_issue
         return arrivals
 
     def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:

@@ -9,6 +9,7 @@ misses. In the timed replay one layer step is:
     misses: an expert whose prefetch is still on its way is a *late* prefetch and waits for the rest of it (a
             prefetch still queued is promoted to a demand fetch); any other miss is a demand fetch put on the
             link at t_router, ahead of queued prefetches
+    the GPU issues the step's demand fetches (each link's `issue_s` per transfer, counted as compute time)
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
@@ -268,7 +269,7 @@ class _Replay:
         misses = cache.access(layer, loaded)
         if self.unused:
             self._count_useful(layer, experts, misses)
-        arrivals, demand_bytes = self._fetch(layer, misses, handled, experts, t_router, expert_s)
+        arrivals, demand_bytes, issue_s = self._fetch(layer, misses, handled, experts, t_router, expert_s)
         if cache.evicted:
             self._count_evictions()
         per_layer = metrics.per_layer
@@ -283,15 +284,15 @@ class _Replay:
             view.token_routing[layer] = experts
             self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
         if timing:
-            self._compute(layer, t_router, (len(loaded) - len(misses)) * expert_s, arrivals)
+            self._compute(layer, t_router, issue_s, (len(loaded) - len(misses)) * expert_s, arrivals)
 
-    def _fetch(self, layer, misses, handled, experts, t_router, expert_s) -> tuple[list, int]:
+    def _fetch(self, layer, misses, handled, experts, t_router, expert_s) -> tuple[list, int, float]:
         """Bring in every expert not resident at the router, in router order (the order they go on the link):
         wait for a late prefetch, fetch on demand, or let the miss handler's choice stand. Returns the arrivals
-        (time, GPU compute then needed) and the demand bytes booked."""
+        (time, GPU compute then needed), the demand bytes booked and the compute stream's time to issue them."""
         metrics, timing = self.metrics, self.timing
         base = layer * self.experts_per_layer
-        arrivals, demand_bytes = [], 0
+        arrivals, demand_bytes, issue_s = [], 0, 0.0
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         elif self.inflight:
@@ -325,17 +326,21 @@ class _Replay:
                 booked = self.memory.demand(layer, fetches, t_router)
                 if timing:
                     arrivals.extend((arrival, expert_s) for arrival in booked)
-        return arrivals, demand_bytes
+                    issue_s = self.memory.issue_s
+        return arrivals, demand_bytes, issue_s
 
-    def _compute(self, layer: int, t_router: float, resident_s: float, arrivals: list) -> None:
-        """The GPU computes the resident experts, then each arrival as it lands; advances the clock to the end."""
+    def _compute(self, layer: int, t_router: float, issue_s: float, resident_s: float, arrivals: list) -> None:
+        """The GPU issues the step's demand fetches, computes the resident experts, then each arrival as it lands;
+        advances the clock to the end."""
         metrics = self.metrics
-        compute = resident_s
+        compute = issue_s + resident_s
         gpu = t_router + compute
         events = self.events
         if events is not None:
             events.append(("gpu", self.now, t_router, layer, "non-expert"))
-            events.append(("gpu", t_router, gpu, layer, "resident experts"))
+            if issue_s:
+                events.append(("gpu", t_router, t_router + issue_s, layer, "issue fetches"))
+            events.append(("gpu", t_router + issue_s, gpu, layer, "resident experts"))
         stall = 0.0
         for arrival, compute_s in sorted(arrivals):
             if arrival > gpu:
@@ -360,11 +365,12 @@ class _Replay:
         metrics.layer_steps += 1
         if self.timing:
             arrival = self.memory.demand(layer, [(experts[0], nbytes)], t_router)[0] if experts else t_router
-            stall = max(0.0, arrival - t_router)
-            metrics.compute_time_s += self.timing.costs.non_expert_s
+            issued = t_router + (self.memory.issue_s if experts else 0.0)
+            stall = max(0.0, arrival - issued)
+            metrics.compute_time_s += self.timing.costs.non_expert_s + (issued - t_router)
             metrics.stall_time_s += stall
             metrics.per_layer.stall_s[layer] += stall
-            self.now = t_router + stall
+            self.now = issued + stall
         elif self.memory.on_nvme and experts:
             self.memory.demand(layer, [(experts[0], nbytes)], t_router)
 

@@ -212,3 +212,15 @@ def test_unknown_name_lists_known_ones():
     message = str(info.value)
     assert "\n" not in message and "rtx5090" in message
     assert all(name in message for name in list_profiles())
+
+
+def test_issue_time_defaults_to_zero_and_needs_a_citation_when_set(tmp_path):
+    assert load_profile("rtx4090_pcie4").h2d.issue_s == 0.0
+    uncited = _write(tmp_path, lambda d: d["h2d"].update(issue_s=4e-6))
+    assert "h2d: no source for ['issue_s']" in _error(uncited)
+
+    def cited(d):
+        d["h2d"].update(issue_s=4e-6)
+        d["h2d"]["sources"]["issue_s"] = "Assumption: a cudaMemcpyAsync call."
+
+    assert load_profile(str(_write(tmp_path, cited, "cited.yaml"))).h2d.issue_s == 4e-6

@@ -102,3 +102,43 @@ def test_timeline_window_records_what_the_gpu_and_the_link_did():
         ("h2d", 7.25, 9.25, 2, "demand"),
         ("gpu", 9.25, 9.75, 0, "fetched expert"),
     ])
+
+
+ISSUING = LinkSpec(bandwidth_Bps=12.0, latency_s=0.25, copy_engines=1, issue_s=0.125)
+
+
+def test_issuing_demand_fetches_costs_the_gpu_stream():
+    # As test_three_tokens_one_copy_engine, with 0.125 s of GPU time per demand fetch issued (the link's latency still
+    # counts from the router). token 0: issues two fetches 1.0..1.25; e0 lands 3.25 (stall 2.0), e1 5.5 (stall 1.75),
+    # ends 6.0. token 1: issues e2 7.0..7.125, e1 7.125..7.625, e2 lands 9.25 (stall 1.625), ends 9.75.
+    # token 2: both hit, ends 11.75. The issue time hides under the stalls here: the total is unchanged.
+    m = run(THREE_TOKENS, link=ISSUING)
+    assert m.total_time_s == 11.75
+    assert m.compute_time_s == 6.0 + 3 * 0.125
+    assert m.stall_time_s == 5.75 - 3 * 0.125
+    assert m.per_layer.stall_s == [5.375]
+
+
+def test_issue_time_delays_the_resident_experts():
+    # As test_transfer_finishing_before_the_gpu_needs_it_costs_no_stall, issuing at 0.125 s a fetch. token 0: four
+    # issues 0..0.5; arrivals 2.25, 4.5, 6.75, 9.0; ends 10.0 (stall 10 - 0.5 - 4 = 5.5). token 1: issues e4
+    # 10.0..10.125, three hits to 13.125 (e4 landed at 12.25), e4 to 14.125.
+    costs = StepCosts(non_expert_s=0.0, expert_s=1.0)
+    cache = ExpertCache(LRUCache, 4, "layer", toy_model(experts=8, top_k=4))
+    rows = [(0, 0, 0, [0, 1, 2, 3]), (0, 1, 0, [0, 1, 2, 4])]
+    m = replay([chunk(rows)], cache, Timing(costs, ISSUING))
+    assert m.total_time_s == 14.125
+    assert m.stall_time_s == 5.5
+    assert m.compute_time_s == 8.625
+
+
+def test_timeline_shows_the_issue_time():
+    cache = ExpertCache(LRUCache, 2, "layer", toy_model())
+    m = replay([chunk(THREE_TOKENS)], cache, Timing(COSTS, ISSUING), timeline=(1, 2))
+    assert sorted(m.timeline) == sorted([
+        ("gpu", 6.0, 7.0, 0, "non-expert"),
+        ("gpu", 7.0, 7.125, 0, "issue fetches"),
+        ("gpu", 7.125, 7.625, 0, "resident experts"),
+        ("h2d", 7.25, 9.25, 2, "demand"),
+        ("gpu", 9.25, 9.75, 0, "fetched expert"),
+    ])
