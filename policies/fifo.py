@@ -1,26 +1,13 @@
-"""First In, First Out: evict the expert loaded longest ago; a hit changes nothing."""
+"""First In, First Out: evict the expert loaded longest ago; a hit changes nothing.
 
-from collections import OrderedDict
+The same insertion-ordered structure as LRU, minus LRU's move to the back on a hit.
+"""
 
-from policies.base import CachePolicy
+from policies.lru import LRUCache
 
 
-class FIFOCache(CachePolicy):
+class FIFOCache(LRUCache):
     name = "fifo"
-
-    def __init__(self, capacity: int):
-        super().__init__(capacity)
-        self.resident: OrderedDict[int, None] = OrderedDict()  # oldest insertion first
 
     def hit(self, key):
         pass
-
-    def insert(self, key):
-        self.resident[key] = None
-
-    def evict(self, protected):
-        for key in self.resident:
-            if key not in protected:
-                del self.resident[key]
-                return key
-        raise RuntimeError("every resident expert is protected")
