@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from simulator.errors import InputError
 from simulator.model import MoEModel
-from traces.format import TraceFile, validate_model_dict
+from traces.format import TraceFile, read_metadata, validate_model_dict
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"moe_offload_sim_eam"
@@ -151,16 +151,8 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, MoEModel, dict]:
         file = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
         raise InputError(f"{path}: not a .npy or Parquet EAM collection ({str(err).splitlines()[0]})") from None
-    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise InputError(f"{path}: metadata '{METADATA_KEY.decode()}' is missing (not an EAM collection; "
-                         f"a routing trace becomes one through eam_collection_from_trace)")
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: metadata '{METADATA_KEY.decode()}' is not JSON ({err})") from None
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: metadata field 'format_version' is {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+    doc = read_metadata(path, file.schema_arrow, METADATA_KEY, FORMAT_VERSION,
+                        "not an EAM collection; a routing trace becomes one through eam_collection_from_trace")
     model = validate_model_dict(doc.get("model") or {}, f"{path}: metadata 'model'")
     L, E = model.moe_layers, model.experts_per_layer
     try:

@@ -73,6 +73,21 @@ def validate_model_dict(data: dict, where: str) -> MoEModel:
         raise InputError(f"{where}: {err}") from None
 
 
+def read_metadata(path, schema: pa.Schema, key: bytes, version: int, missing_hint: str) -> dict:
+    """The JSON document under `key` in a Parquet schema's metadata, checked for presence, JSON and `version`;
+    errors name `path` and the field in one line."""
+    raw = (schema.metadata or {}).get(key)
+    if raw is None:
+        raise InputError(f"{path}: metadata '{key.decode()}' is missing ({missing_hint})")
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: metadata '{key.decode()}' is not JSON ({err})") from None
+    if doc.get("format_version") != version:
+        raise InputError(f"{path}: metadata field 'format_version' is {doc.get('format_version')!r}, expected {version}")
+    return doc
+
+
 @dataclass(frozen=True)
 class TraceMeta:
     model: MoEModel
@@ -214,15 +229,7 @@ class TraceFile:
         for col in REQUIRED_COLUMNS:
             if col not in schema.names:
                 raise InputError(f"{self.path}: required column '{col}' is missing")
-        raw = (schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise InputError(f"{self.path}: metadata '{METADATA_KEY.decode()}' is missing (not a moe-offload-sim trace)")
-        try:
-            doc = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{self.path}: metadata '{METADATA_KEY.decode()}' is not JSON ({err})") from None
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{self.path}: metadata field 'format_version' is {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+        doc = read_metadata(self.path, schema, METADATA_KEY, FORMAT_VERSION, "not a moe-offload-sim trace")
         model = validate_model_dict(doc.get("model") or {}, f"{self.path}: metadata 'model'")
         layer_ids = doc.get("moe_layer_ids") or list(range(model.moe_layers))
         if len(layer_ids) != model.moe_layers:
