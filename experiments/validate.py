@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.config import DEFAULT_TRACE
+from experiments.results import atomic_write_bytes
 from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
 from hardware_profiles.aio import AsyncReader
 from hardware_profiles.calibrate import cpu_name, write_profile
@@ -139,6 +140,15 @@ class Calibration:
     issue_s: float = 0.0
     """Mean time per read spent in the submitting call (io_submit and the iocb set-up) in the probe bursts."""
     issue_spread: float = 0.0
+    first_arrival: float = 0.0
+    """In the probe bursts of top_k reads: mean time until the first read is seen complete, over the time until
+    the last. A serial wire gives about (latency + one read) / (latency + top_k reads), a shared one 1."""
+
+    def sharing(self, nbytes: int, top_k: int) -> str:
+        """The wire model ("serial" or "shared", `LinkSpec.sharing`) whose first arrival is nearer the measured one."""
+        fit = self.storage.fit
+        serial = fit.seconds(nbytes) / fit.seconds(top_k * nbytes)
+        return "shared" if abs(self.first_arrival - 1.0) < abs(self.first_arrival - serial) else "serial"
 
     def kernel_overhead_s(self, nbytes: int) -> float:
         """The per-call overhead that makes the roofline's time for an expert of `nbytes` the in-loop `expert_s`
@@ -195,16 +205,18 @@ class MachineProbe:
         self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
         self.synthetic = synthetic_steps(model, tokens=4, seed=seed + 7)
         self.top_k = model.top_k
-        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": [], "issue": []}
+        self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": [], "issue": [], "first": []}
 
     def measure(self, runtime: OffloadRuntime) -> None:
         """Take one probe of each path, reading into the runtime's free buffers as it does, and keep it (`take`).
         The non-expert work is the runtime's own step code on synthetic routing with experts and reads skipped."""
         s = self.settings
         submits: list[tuple[int, float]] = []
+        firsts: list[tuple[int, float, float]] = []
         self.taken["storage"].append(burst_samples(self.reader, self.files, self.nbytes, runtime.ring, self.bursts,
-                                                   s.storage_repeats, self.rng, submits))
+                                                   s.storage_repeats, self.rng, submits, firsts))
         self.taken["issue"].append(sum(t for _, t in submits) / sum(k for k, _ in submits))
+        self.taken["first"].extend(first / last for k, first, last in firsts if k == self.top_k)
         self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
         steps = len(self.synthetic)
         non_expert = runtime.run(self.synthetic, experts=False).total_s / steps
@@ -221,6 +233,7 @@ class MachineProbe:
             *mean_and_spread(self.taken["non_expert"]),
             *mean_and_spread(self.taken["expert"]),
             *mean_and_spread(self.taken["issue"]),
+            float(np.mean(self.taken["first"])),
         )
         self.taken = {k: [] for k in self.taken}
         return cal
@@ -244,11 +257,16 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
     issue_text = (f"{cite}, time in the submitting call (iocb set-up and io_submit) of the same bursts, summed and "
                   f"divided by the reads submitted, {cal.issue_s * 1e6:.1f} us per read (spread over probes "
                   f"{cal.issue_spread:.0%}); the runtime's CPU, the 'GPU', spends it before computing a step's experts")
+    sharing = cal.sharing(nbytes, in_flight)
+    serial_first = fit_io.seconds(nbytes) / fit_io.seconds(in_flight * nbytes)
+    sharing_text = (f"{cite}, the same bursts of {in_flight} reads, waited in submission order: the first was seen "
+                    f"complete at {cal.first_arrival:.0%} of the burst's time (mean); a serial wire would give "
+                    f"{serial_first:.0%} by the fit, a shared one 100%: {sharing} is nearer")
     link = {"bandwidth_Bps": fit_io.bandwidth_Bps, "latency_s": fit_io.latency_s, "copy_engines": in_flight,
-            "issue_s": cal.issue_s,
+            "issue_s": cal.issue_s, "sharing": sharing,
             "sources": {"bandwidth_Bps": io_text + " (inverse slope)", "latency_s": io_text + " (intercept)",
                         "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once.",
-                        "issue_s": issue_text}}
+                        "issue_s": issue_text, "sharing": sharing_text}}
     return {
         "name": "validate-cpu-as-gpu",
         "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
@@ -319,7 +337,7 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
     every_cal = [cal for case in cases for _, _, cal in runs[case]]
     overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
                           *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]),
-                          *mean_and_spread([c.issue_s for c in every_cal]))
+                          *mean_and_spread([c.issue_s for c in every_cal]), float(np.mean([c.first_arrival for c in every_cal])))
     write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k),
                   ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
                    "over every run (each run was simulated with the measurements taken during it)."])
@@ -333,7 +351,8 @@ def calibration_line(cal: Calibration, flops: float) -> str:
     return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
             f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; in the runtime's loop: an expert "
             f"{cal.expert_s * 1e6:.1f} us (spread of run means {cal.expert_spread:.0%}), non-expert work {cal.non_expert_s * 1e6:.1f} us "
-            f"per layer step (spread {cal.non_expert_spread:.0%}); issuing a read {cal.issue_s * 1e6:.1f} us (spread {cal.issue_spread:.0%})")
+            f"per layer step (spread {cal.non_expert_spread:.0%}); issuing a read {cal.issue_s * 1e6:.1f} us (spread {cal.issue_spread:.0%}); "
+            f"first read of a burst seen complete at {cal.first_arrival:.0%} of the burst")
 
 
 def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:
@@ -376,6 +395,8 @@ def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, sca
         "non_expert_step_s": [c.non_expert_s for c in cals],
         "non_expert_params_per_layer": [c.non_expert_params(model.bytes_per_expert) for c in cals],
         "expert_in_loop_s": [c.expert_s for c in cals],
+        "first_arrival_fraction": [c.first_arrival for c in cals],
+        "link_sharing": [c.sharing(model.bytes_per_expert, model.top_k) for c in cals],
         "kernel_overhead_s": [c.kernel_overhead_s(model.bytes_per_expert) for c in cals],
         "trace": part.name,
         "capacity": capacity,
@@ -420,8 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as err:
         print(f"moe-validate: {err}", file=sys.stderr)
         sys.exit(2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    atomic_write_bytes(out, json.dumps(results, indent=1).encode())
     print(table(results))
     print(f"wrote {out} ({platform.node()}, {len(results)} cases)")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from experiments.results import atomic_write_bytes
 from hardware_profiles import cpu_bench, cuda_bench, storage_bench
 from hardware_profiles.fit import PathMeasurement
 from hardware_profiles.schema import PROFILE_DIR, LinkFields, ProfileFile, _Loader, load_profile
@@ -256,12 +257,12 @@ def profile_document(cal: Calibration, name: str, gpu_from: str) -> tuple[dict, 
 
 
 def write_profile(path: str | os.PathLike, doc: dict, comments: list[str]) -> None:
-    """Validate `doc` against the schema, then write it with `comments` on top."""
+    """Validate `doc` against the schema, then write it with `comments` on top (atomically: a profile is complete
+    or absent)."""
     ProfileFile.model_validate(doc)
     header = "".join(f"# {line}\n" for line in [*comments, "SI units, the unit in each key's name."])
     body = yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(header + body, encoding="utf-8")
+    atomic_write_bytes(Path(path), (header + body).encode("utf-8"))
 
 
 # -- the table -----------------------------------------------------------------------------------------------------

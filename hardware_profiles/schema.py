@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,7 +25,7 @@ PROFILE_DIR = Path(__file__).parent
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Citation = Annotated[str, Field(min_length=1)]
-_NOT_NUMBERS = ("name", "source", "sources", "preempt_prefetch")  # a modelling choice, not a measurement
+_NOT_NUMBERS = ("name", "source", "sources", "preempt_prefetch", "sharing")  # modelling choices, not measurements
 
 
 class _Cited(BaseModel):
@@ -50,9 +50,10 @@ class _Cited(BaseModel):
     @field_validator("sources")
     @classmethod
     def _cites_known_fields(cls, sources: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(sources) - set(cls.numbers()))
+        fields = [f for f in cls.model_fields if f not in ("source", "sources")]  # a modelling choice may be cited too
+        unknown = sorted(set(sources) - set(fields))
         if unknown:
-            raise PydanticCustomError("unknown_citation", f"cites unknown field(s) {unknown}; fields are {cls.numbers()}")
+            raise PydanticCustomError("unknown_citation", f"cites unknown field(s) {unknown}; fields are {fields}")
         return sources
 
     @model_validator(mode="after")
@@ -85,6 +86,15 @@ class LinkFields(_Cited):
     preempt_prefetch: bool = False
     issue_s: NonNegative | None = None
     """Compute-stream time to issue one transfer (a cudaMemcpyAsync call, an io_submit); unset means 0."""
+    sharing: Literal["serial", "shared"] = "serial"
+    """Whether transfers issued together go one after another or share the bandwidth (`LinkSpec.sharing`)."""
+
+    @model_validator(mode="after")
+    def _preemption_needs_a_serial_wire(self):
+        if self.preempt_prefetch and self.sharing == "shared":
+            raise PydanticCustomError("preempt_shared", "preempt_prefetch: true is modelled on a serial wire only "
+                                      "(sharing: serial)")
+        return self
 
     def dataclass_kwargs(self) -> dict:
         kwargs = super().dataclass_kwargs()

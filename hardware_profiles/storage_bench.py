@@ -99,8 +99,8 @@ def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repea
 
 
 def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, ring: BufferRing,
-                  bursts: Sequence[int], repeats: int, rng, submits: list[tuple[int, float]] | None = None
-                  ) -> dict[int, list[float]]:
+                  bursts: Sequence[int], repeats: int, rng, submits: list[tuple[int, float]] | None = None,
+                  firsts: list[tuple[int, float, float]] | None = None) -> dict[int, list[float]]:
     """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT), from the submitting call
     (issuing included, as a GPU copy's latency includes its launch) until the last completes,
     per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes), into buffers taken from `ring` (as the
@@ -108,7 +108,10 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
     group drawn at random (a group: files that are read together, e.g. the experts of one layer, which lie near each
     other on disk). Fitted, latency + bytes / bandwidth is the link a simulator sees when several copies may be set
     up at once and the wire carries one at a time. If `submits` is given, (k, seconds in the submitting call) is
-    appended to it for each burst: the submitting thread's own time to issue k reads."""
+    appended to it for each burst: the submitting thread's own time to issue k reads. If `firsts` is given,
+    (k, seconds until the first read of the burst is seen complete, seconds until the last) is appended for each
+    burst, waiting in submission order as the runtime does: whether a wire serves a burst's reads one after another
+    or all at once shows there."""
     samples: dict[int, list[float]] = {}
     for k in bursts:
         times = []
@@ -120,9 +123,13 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
             tickets = reader.submit(reads)
             if submits is not None:
                 submits.append((len(reads), time.perf_counter() - t0))
-            for ticket in tickets:
+            reader.wait(tickets[0])
+            first = time.perf_counter() - t0
+            for ticket in tickets[1:]:
                 reader.wait(ticket)
             times.append(time.perf_counter() - t0)
+            if firsts is not None:
+                firsts.append((len(reads), first, times[-1]))
             for _, buffer, _ in reads:
                 ring.give(buffer)
         samples[k * nbytes] = times

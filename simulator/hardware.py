@@ -35,6 +35,11 @@ class LinkSpec:
     issue_s: float = 0.0
     """Time the compute stream spends issuing one transfer on this link (e.g. a cudaMemcpyAsync call, an io_submit);
     charged to the GPU stream of the step that issues it. The transfer's own latency still counts from the issue."""
+    sharing: str = "serial"
+    """How transfers issued together use the wire. "serial": one after another, so the first arrives after one
+    transfer's time (CUDA copies on one stream). "shared": they share the bandwidth fairly and equal-sized ones all
+    arrive at the end of the group (an NVMe or virtio device serving a queue of reads at once, copies on several
+    streams). Transfers booked later still queue behind the group."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ Booking a transfer returns its completion time by arithmetic (~0.5 µs) instead 
     end     = on_wire + bytes / bandwidth_Bps
 With one copy engine this is the plain serial queue end = max(ready, previous end) + latency + bytes / bandwidth.
 
+On a link whose spec says `sharing: shared`, the demand fetches of one layer step (`transfer_group`) go on the wire as
+one group at max(ready + latency, wire free) and share its bandwidth fairly, at most `copy_engines` of them at once
+(processor sharing, admitted in order): a group of n equal transfers all end n · bytes / bandwidth after they start,
+where a serial wire would deliver the first after one. Transfers booked after a group queue behind it.
+
 Demand fetches go ahead of queued prefetches. Prefetches wait in a FIFO queue and are started lazily: `advance(now)`
 starts, in order, every queued prefetch whose start falls before `now`; those are in flight and are not preempted
 (unless the link's spec sets `preempt_prefetch`: then a demand pauses the prefetch on the wire, which resumes with
@@ -71,6 +76,50 @@ class Link:
             return self._preempt(on_wire, ready_s, nbytes, key)
         self._on_wire = None
         return self._book(ready_s, nbytes, False, key)
+
+    def transfer_group(self, ready_s: float, fetches: list[tuple[int, int]]) -> list[float]:
+        """Book the demand fetches [(key, bytes)] of one step, all ready at `ready_s`; their ends, in input order."""
+        if self.spec.sharing == "serial" or len(fetches) < 2:
+            return [self.transfer(ready_s, nbytes, key) for key, nbytes in fetches]
+        if self._queue:
+            self.advance(ready_s)
+        self._on_wire = None
+        return self._book_shared(ready_s, fetches)
+
+    def _book_shared(self, ready_s: float, fetches: list[tuple[int, int]]) -> list[float]:
+        """Processor sharing of the wire among the group, at most `copy_engines` transfers at once."""
+        spec = self.spec
+        start = max(ready_s + spec.latency_s, self._wire_free)
+        bandwidth = spec.bandwidth_Bps
+        ends = [math.inf] * len(fetches)
+        if bandwidth:
+            remaining = {i: float(nbytes) for i, (_, nbytes) in enumerate(fetches)}
+            waiting = deque(range(len(fetches)))
+            active: list[int] = []
+            now = start
+            while waiting or active:
+                while waiting and len(active) < spec.copy_engines:
+                    active.append(waiting.popleft())
+                least = min(remaining[i] for i in active)  # every active transfer receives `least` bytes
+                now += least * len(active) / bandwidth
+                for i in list(active):
+                    if remaining[i] == least:
+                        ends[i] = now
+                        active.remove(i)
+                    else:
+                        remaining[i] -= least
+        end = max(ends)
+        engines = self._engine_free
+        for slot, finish in zip(sorted(range(len(engines)), key=engines.__getitem__), sorted(ends, reverse=True)):
+            engines[slot] = max(engines[slot], finish)
+        self._wire_free = end
+        total = sum(nbytes for _, nbytes in fetches)
+        self.transfers += len(fetches)
+        self.bytes_demand += total
+        self.busy_demand_s += total / bandwidth if bandwidth else math.inf
+        if self.log is not None:
+            self.log.extend((self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
+        return ends
 
     def _preempt(self, paused: Transfer, ready_s: float, nbytes: int, key: int) -> float:
         """The demand takes the wire once set up; the paused prefetch's remaining bytes follow it."""

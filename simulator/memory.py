@@ -60,30 +60,38 @@ class MemoryHierarchy:
         if not self.on_nvme:
             h2d = self.h2d
             self.issue_s = len(fetches) * self._h2d_issue
-            return [h2d.transfer(now, nbytes, base + e) for e, nbytes in fetches] if h2d else [0.0] * len(fetches)
+            return h2d.transfer_group(now, [(base + e, nbytes) for e, nbytes in fetches]) if h2d else [0.0] * len(fetches)
         self.issue_s = 0.0
         arrivals = [0.0] * len(fetches)
-        from_nvme = []
+        from_dram, from_nvme = [], []
         for i, (expert, nbytes) in enumerate(fetches):
             if self.in_dram(layer, expert):
-                if self.h2d is not None:
-                    arrivals[i] = self.h2d.transfer(now, nbytes, base + expert)
-                    self.issue_s += self._h2d_issue
+                from_dram.append(i)
             else:
                 from_nvme.append(i)
-                self.bytes_nvme += fetches[i][1]
+                self.bytes_nvme += nbytes
         if self.h2d is None:
             return arrivals
-        for i in from_nvme:
-            expert, nbytes = fetches[i]
-            key = base + expert
-            if self.direct:
-                arrivals[i] = self.gds.transfer(now, nbytes, key)
-                self.issue_s += self._gds_issue
-            else:
-                arrivals[i] = self.h2d.transfer(self.nvme.transfer(now, nbytes, key), nbytes, key)
-                self.issue_s += self._nvme_issue + self._h2d_issue
+        self._book(self.h2d, now, fetches, from_dram, base, arrivals)
+        self.issue_s += len(from_dram) * self._h2d_issue
+        if self.direct:
+            self._book(self.gds, now, fetches, from_nvme, base, arrivals)
+            self.issue_s += len(from_nvme) * self._gds_issue
+        else:
+            self._book(self.nvme, now, fetches, from_nvme, base, arrivals)
+            for i in from_nvme:  # each staged read goes on to the GPU once it is in DRAM
+                expert, nbytes = fetches[i]
+                arrivals[i] = self.h2d.transfer(arrivals[i], nbytes, base + expert)
+            self.issue_s += len(from_nvme) * (self._nvme_issue + self._h2d_issue)
         return arrivals
+
+    @staticmethod
+    def _book(link: Link, now: float, fetches: list[tuple[int, int]], chosen: list[int], base: int, arrivals: list[float]) -> None:
+        """Book fetches[i] for i in `chosen` on `link` as one group; their ends go into arrivals[i]."""
+        if chosen:
+            ends = link.transfer_group(now, [(base + fetches[i][0], fetches[i][1]) for i in chosen])
+            for i, end in zip(chosen, ends):
+                arrivals[i] = end
 
     def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:
         """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first."""

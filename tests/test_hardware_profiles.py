@@ -224,3 +224,13 @@ def test_issue_time_defaults_to_zero_and_needs_a_citation_when_set(tmp_path):
         d["h2d"]["sources"]["issue_s"] = "Assumption: a cudaMemcpyAsync call."
 
     assert load_profile(str(_write(tmp_path, cited, "cited.yaml"))).h2d.issue_s == 4e-6
+
+
+def test_sharing_defaults_to_serial_and_takes_only_known_values(tmp_path):
+    assert load_profile("rtx4090_pcie4").h2d.sharing == "serial"
+    shared = _write(tmp_path, lambda d: d["nvme"].update(sharing="shared"), "shared.yaml")
+    assert load_profile(str(shared)).nvme.sharing == "shared"
+    bogus = _write(tmp_path, lambda d: d["h2d"].update(sharing="parallel"), "bogus.yaml")
+    assert "h2d.sharing: Input should be 'serial' or 'shared' (got 'parallel')" in _error(bogus)
+    both = _write(tmp_path, lambda d: d["h2d"].update(sharing="shared", preempt_prefetch=True), "both.yaml")
+    assert "h2d: preempt_prefetch: true is modelled on a serial wire only" in _error(both)
