@@ -11,6 +11,9 @@ run, on the same shapes, files and memory the runtime uses (`MachineProbe`):
     h2d.copy_engines = top_k                          all of a step's reads are in flight at once
     h2d.issue_s                                       the submitting call's time per read in those bursts (the CPU,
                                                       the "GPU" here, spends it before computing the step's experts)
+    h2d.sharing                                       "shared" where the first read of a top_k burst is seen complete
+                                                      nearer the burst's end than a serial wire would deliver it (on
+                                                      the VM this was built on: all at once, at 100%), else "serial"
     model.non_expert_params_per_layer                 the runtime's non-expert step work (router matmul, cache and
                                                       buffer bookkeeping) timed on synthetic routing, in parameters
 
