@@ -88,3 +88,37 @@ def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
     assert result.accesses == sum(len(s.experts) for s in part.steps)
     assert result.hits + result.loads == result.accesses
     assert 0 <= result.stall_s <= result.total_s
+
+
+def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():
+    from experiments.validate import Calibration
+    from hardware_profiles.fit import PathMeasurement
+
+    nbytes = 1 << 20
+    # Reads of 50 us + bytes / 4 GB/s: a serial wire delivers the first of 6 at (50 + 262) / (50 + 1573) = 19%.
+    storage = PathMeasurement.from_samples("reads", "made up", {k * nbytes: [50e-6 + k * nbytes / 4e9] for k in (1, 2, 6)})
+    ffn = PathMeasurement.from_samples("ffn", "made up", {nbytes: [1e-4], 2 * nbytes: [2e-4]})
+
+    def sharing(first: float) -> str:
+        return Calibration(storage, ffn, 1e-5, 0.0, 4e-5, 0.0, 1e-5, 0.0, first).sharing(nbytes, 6)
+
+    assert sharing(1.0) == "shared" and sharing(0.7) == "shared"
+    assert sharing(0.19) == "serial" and sharing(0.5) == "serial"
+
+
+def test_probe_bursts_record_when_the_first_read_completes(tmp_path):
+    import numpy as np
+    from hardware_profiles.aio import AsyncReader
+    from hardware_profiles.storage_bench import burst_samples
+    from hardware_profiles.uncached_read import write_padded
+
+    files = [tmp_path / f"e{i}.bin" for i in range(4)]
+    for f in files:
+        write_padded(f, bytes(8192))
+    ring = BufferRing(8, 8192)
+    firsts: list = []
+    with AsyncReader() as reader:
+        samples = burst_samples(reader, [files], 8192, ring, [1, 3], 2, np.random.default_rng(0), firsts=firsts)
+    assert sorted(samples) == [8192, 3 * 8192]
+    assert [k for k, _, _ in firsts] == [1, 1, 3, 3]
+    assert all(0 < first <= last for _, first, last in firsts)
