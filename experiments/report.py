@@ -116,7 +116,8 @@ IDENTITY = {"run", "policy._target_", "trace.path", "hardware.profile", "replay.
 """Config columns the summary does not group by: the short names stand for them, or they leave results alone."""
 
 
-RESOLVED_MODEL = {f"model.{f.name}" for f in fields(MoEModel)} - {"model.name"} | {"model.bytes_per_expert"}
+RESOLVED_MODEL = {f"model.{f.name}" for f in fields(MoEModel)} - {"model.name", "model.kind"} | {"model.bytes_per_expert"}
+"""Model columns the run resolved, not chose; `model.kind` is also the config's choice (moe, mole) and may vary."""
 
 
 def varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:

@@ -148,6 +148,8 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     `update(rows)` is called as the replay goes."""
     trace = TraceFile(run.trace_path)
     model = resolve_model(trace, run)
+    if model.kind == "mole" and not trace.has_token_id:
+        raise InputError(f"model.kind=mole: {trace.path} has no 'token_id' column (lookup tables are keyed by token id)")
     hardware = load_profile(run.hardware.profile)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
@@ -160,7 +162,8 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
     weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights)
-    chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions, weights=weights)
+    chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions, weights=weights,
+                          token_ids=model.kind == "mole")
     if cache.offline:
         # Offline policies need the whole future: the trace is held in memory once and replayed from there.
         chunks = list(chunks)

@@ -13,6 +13,10 @@ misses. In the timed replay one layer step is:
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
+A Mixture-of-Lookup-Experts model (`kind` "mole") computes no expert: at the router a layer step looks up its
+routed experts' rows for the token's id in the row cache (simulator.lut_cache), reads the missing rows in one
+transfer, and ends when they have arrived.
+
 The prefetcher (if any) is asked at the token's start and after each router; its requests queue on the link behind
 demand fetches. In the hit-rate-only replay there is no clock: a prefetch lands at once (unbounded bandwidth).
 
@@ -36,6 +40,7 @@ from simulator.compute import MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
 from simulator.link import Link, Transfer
+from simulator.lut_cache import RowCache
 from simulator.memory import MemoryHierarchy
 from simulator.metrics import LayerCounters, Metrics, PrefetchCounters
 from traces.format import TraceChunk
@@ -55,6 +60,8 @@ class Token:
 
     sequence: int
     position: int
+    token_id: int | None
+    """Vocabulary id (a MoLE replay keys its table rows by it), from the token's first row; None if not traced."""
     layers: list[int]
     experts: list[list[int]]
     weights: list[list[float]] | None
@@ -106,8 +113,9 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
         columns = [chunk.predictions[n] for n in names]
         with_weights = chunk.weights is not None
         weights = chunk.weights.tolist() if with_weights else [None] * len(chunk)
-        rows = zip(chunk.sequence.tolist(), chunk.token.tolist(), chunk.layer.tolist(), chunk.experts.tolist(), weights, *columns)
-        for sequence, position, layer, experts, gate, *predicted in rows:
+        token_ids = chunk.token_id.tolist() if chunk.token_id is not None else [None] * len(chunk)
+        rows = zip(chunk.sequence.tolist(), chunk.token.tolist(), token_ids, chunk.layer.tolist(), chunk.experts.tolist(), weights, *columns)
+        for sequence, position, token_id, layer, experts, gate, *predicted in rows:
             if -1 in experts:
                 if with_weights:
                     gate = [w for e, w in zip(experts, gate) if e >= 0]
@@ -115,7 +123,7 @@ def _tokens(chunks: Iterable[TraceChunk], progress) -> Iterator[Token]:
             if current is None or position != current.position or sequence != current.sequence:
                 if current is not None:
                     yield current
-                current = Token(sequence, position, [], [], [] if with_weights else None, {n: [] for n in names})
+                current = Token(sequence, position, token_id, [], [], [] if with_weights else None, {n: [] for n in names})
             current.layers.append(layer)
             current.experts.append(experts)
             if with_weights:
@@ -144,6 +152,9 @@ class _Replay:
         self.lookup = model.kind == "mole"
         if self.lookup and (prefetcher is not None or miss_handler is not None):
             raise InputError("model.kind=mole: lookup experts are fetched by token id; no prefetcher or miss handler")
+        if self.lookup and cache.policies[0].name != "lru":
+            raise InputError(f"policy: model.kind=mole caches table rows by LRU (policy=lru), not {cache.policies[0].name}")
+        self.rows = RowCache(cache) if self.lookup else None
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
         self.miss_costs = miss_costs
@@ -188,7 +199,7 @@ class _Replay:
             if token is None:
                 break
             if token.sequence != last_sequence:
-                cache.start_sequence(token.sequence, first=last_sequence is None)
+                (self.rows if self.lookup else cache).start_sequence(token.sequence, first=last_sequence is None)
                 if prefetcher is not None:
                     prefetcher.start_sequence()
                 metrics.sequences += 1
@@ -199,6 +210,13 @@ class _Replay:
             metrics.tokens += 1
             if prefetcher is not None:
                 self._begin_token(token, previous)
+            if self.lookup:
+                if token.token_id is None:
+                    raise ValueError("model.kind=mole: the trace chunks carry no token_id")
+                for layer, experts in zip(token.layers, token.experts):
+                    self._lookup_step(layer, experts, token.token_id)
+                    yield self.now
+                continue
             weights = token.weights or [None] * len(token.layers)
             for index, (layer, experts, gate) in enumerate(zip(token.layers, token.experts, weights)):
                 self._layer_step(layer, experts, gate, index == 0 and prefetcher is not None)
@@ -254,9 +272,6 @@ class _Replay:
             view.now_s = self.now
             self._issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
         t_router = self.now + timing.costs.non_expert_s if timing else 0.0
-        if self.lookup:
-            self._lookup_step(layer, experts, t_router)
-            return
         if self.inflight:
             self._land(t_router, layer, experts)
         if weights is not None and cache.uses_gate_weights:
@@ -355,24 +370,27 @@ class _Replay:
         metrics.per_layer.stall_s[layer] += stall
         self.now = gpu
 
-    def _lookup_step(self, layer: int, experts: list[int], t_router: float) -> None:
-        """A Mixture-of-Lookup-Experts step: the routed experts' table rows come from the experts' home in one read;
-        no expert is cached or computed (every access is a miss)."""
-        metrics = self.metrics
-        nbytes = len(experts) * self.cache.model.lut_row_bytes
+    def _lookup_step(self, layer: int, experts: list[int], token_id: int) -> None:
+        """A Mixture-of-Lookup-Experts step: at the router, the routed experts' rows for this token id that the row
+        cache lacks come from the experts' home in one read; no expert is computed. Each row is one access."""
+        metrics, timing = self.metrics, self.timing
+        t_router = self.now + timing.costs.non_expert_s if timing else 0.0
+        misses = self.rows.access(layer, experts, token_id)
+        nbytes = len(misses) * self.cache.model.lut_row_bytes
         metrics.per_layer.accesses[layer] += len(experts)
+        metrics.per_layer.hits[layer] += len(experts) - len(misses)
         metrics.per_layer.bytes_h2d[layer] += nbytes
         metrics.layer_steps += 1
-        if self.timing:
-            arrival = self.memory.demand(layer, [(experts[0], nbytes)], t_router)[0] if experts else t_router
-            issued = t_router + (self.memory.issue_s if experts else 0.0)
+        if timing:
+            arrival = self.memory.demand(layer, [(misses[0], nbytes)], t_router)[0] if misses else t_router
+            issued = t_router + (self.memory.issue_s if misses else 0.0)
             stall = max(0.0, arrival - issued)
             metrics.compute_time_s += self.timing.costs.non_expert_s + (issued - t_router)
             metrics.stall_time_s += stall
             metrics.per_layer.stall_s[layer] += stall
             self.now = issued + stall
-        elif self.memory.on_nvme and experts:
-            self.memory.demand(layer, [(experts[0], nbytes)], t_router)
+        elif self.memory.on_nvme and misses:
+            self.memory.demand(layer, [(misses[0], nbytes)], t_router)
 
     # -- miss handling -------------------------------------------------------------------------------------------
 

@@ -11,12 +11,13 @@ def toy_model(layers=1, experts=4, top_k=2, hidden=2, ffn=2, param_bytes=2.0) ->
     return MoEModel("toy", layers, experts, top_k, 0, hidden, ffn, param_bytes, 0)
 
 
-def chunk(rows) -> TraceChunk:
-    """rows: (sequence, token, layer, [expert ids]) in trace order."""
+def chunk(rows, token_ids=None) -> TraceChunk:
+    """rows: (sequence, token, layer, [expert ids]) in trace order; `token_ids`: one per row, if given."""
     seq, tok, lay, ex = zip(*rows)
     return TraceChunk(
         sequence=np.array(seq, dtype=np.int32),
         token=np.array(tok, dtype=np.int32),
         layer=np.array(lay, dtype=np.int16),
         experts=np.array(ex, dtype=np.int16),
+        token_id=None if token_ids is None else np.array(token_ids, dtype=np.int32),
     )

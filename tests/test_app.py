@@ -127,6 +127,7 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         (["trace.path=BAD:id_out_of_range"], "field 'experts'"),
         (["hardware=BAD:negative_bandwidth"], "bandwidth_Bps"),
         (["trace.path=/nonexistent/t.parquet"], "no such trace file"),
+        (["model.kind=mole"], "t.parquet has no 'token_id' column"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, trace, args, needle):

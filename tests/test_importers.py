@@ -37,7 +37,7 @@ def read_all(path, predictions=()):
     trace = TraceFile(path)
     chunks = list(trace.chunks(predictions=list(predictions), extras=True))
     out = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in ("sequence", "token", "layer", "experts")}
-    for name in ("weights", "phase"):
+    for name in ("weights", "token_id", "phase"):
         if getattr(chunks[0], name) is not None:
             out[name] = np.concatenate([getattr(c, name) for c in chunks])
     for name in predictions:
@@ -64,6 +64,18 @@ def test_moe_beyond_rows_regrouped_to_token_then_layer(tmp_path):
     prov = trace.meta.provenance
     assert prov["source_format"] == "moe-beyond-csv" and prov["files"] == ["prompt_1_data.csv"]
     assert prov["importer_version"] == moe_beyond.IMPORTER_VERSION
+    assert rows["token_id"].tolist() == [0, 0, 1, 1, 2, 2]  # Hello , world
+
+
+def test_moe_beyond_token_ids_number_texts_by_first_appearance_across_files(tmp_path):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    write(folder / "prompt_1_data.csv", TRAINING_CSV)
+    write(folder / "prompt_2_data.csv", TRAINING_CSV.replace("Hello", "again").replace("world", "Hello"))
+    moe_beyond.import_files([folder], tmp_path / "t.parquet", TOY)
+    trace, rows = read_all(tmp_path / "t.parquet")
+    assert trace.has_token_id and "token_id" in trace.meta.provenance
+    assert rows["token_id"][::2].tolist() == [0, 1, 2, 3, 1, 0]  # Hello , world | again , Hello
 
 
 def test_moe_beyond_predicted_layout_keeps_predictions(tmp_path):
@@ -74,6 +86,7 @@ def test_moe_beyond_predicted_layout_keeps_predictions(tmp_path):
     assert rows["experts"].tolist() == [[1, 3], [4, 5], [0, 2], [0, 1]]
     assert rows["moe_beyond"] == [[1, 3], [4, 6], [0, 5], [0, 1]]
     assert trace.meta.provenance["source_format"] == "moe-beyond-predicted-csv"
+    assert not trace.has_token_id and "token_id" not in rows  # its Token is a position, not a text
 
 
 def test_folder_is_taken_in_numeric_name_order(tmp_path):
@@ -102,6 +115,7 @@ def test_folder_is_taken_in_numeric_name_order(tmp_path):
         ("2,0,world", "1,0,world", "Layer ID"),                           # layers with unequal token counts
         ("2,0,world", "two,0,world", "Layer ID"),                         # not an integer
         ("2,0,world", "2,1,world", "Batch Number"),                       # a second batch
+        ("2,0,world", "2,0,earth", "Token"),                              # another text at a position
         ("Layer ID,Batch", "Layer,Batch", "header"),                      # unknown layout
         ('2,0,world,"[2, 3]"', '2,0,world,"[2, 3]",extra', "csv"),       # malformed row
     ],
@@ -210,8 +224,10 @@ def test_real_moe_beyond_longest_prompt(shared_traces, tmp_path):
     trace = TraceFile(tmp_path / "t.parquet")
     assert (summary.rows, summary.sequences, summary.tokens) == (2781 * 26, 1, 2781)
     assert (trace.meta.model.name, trace.meta.model.top_k, trace.meta.moe_layer_ids) == ("deepseek-v2-lite", 6, list(range(1, 27)))
-    first = next(trace.chunks())
+    first = next(trace.chunks(token_ids=True))
     assert first.experts[0].tolist() == [8, 26, 56, 57, 60, 43]  # the file's first row: layer 1, token 0
+    ids = np.concatenate([c.token_id for c in trace.chunks(token_ids=True)])[::26]
+    assert ids[0] == 0 and len(np.unique(ids)) == 478 and ids[4] == ids[16]  # " payment" at positions 4 and 16
 
 
 def test_real_moe_beyond_predicted_folder(shared_traces, tmp_path):

@@ -101,11 +101,11 @@ def test_mixture_of_lookup_experts_fetches_table_rows_and_computes_no_expert():
     model = replace(toy_model(layers=1, experts=4, top_k=2), kind="mole")  # rows of hidden 2 × 2 bytes = 4 bytes
     link = LinkSpec(bandwidth_Bps=8.0, latency_s=0.25)
     rows = [(0, 0, 0, [0, 1]), (0, 1, 0, [0, 1])]
-    m = replay([chunk(rows)], ExpertCache(LRUCache, 2, "layer", model), Timing(COSTS, link))
-    # Each step: router at +1.0, both rows (8 bytes) in one read: 0.25 + 1.0; no expert compute. Same rows again
-    # are fetched again: nothing is cached.
+    m = replay([chunk(rows, token_ids=[5, 9])], ExpertCache(LRUCache, 2, "layer", model), Timing(COSTS, link))
+    # Each step: router at +1.0, both rows (8 bytes) in one read: 0.25 + 1.0; no expert compute. The same experts
+    # for another token id are other rows: fetched again.
     assert m.total_time_s == 2 * 2.25 and m.stall_time_s == 2 * 1.25 and m.compute_time_s == 2.0
     assert (m.accesses, m.hits, m.bytes_h2d) == (4, 0, 16)
     on_nvme = MemoryHierarchy(Link(link), 4, nvme=Link(NVME), home="nvme")
-    m = replay([chunk(rows[:1])], ExpertCache(LRUCache, 2, "layer", model), Timing(COSTS, link), memory=on_nvme)
+    m = replay([chunk(rows[:1], token_ids=[5])], ExpertCache(LRUCache, 2, "layer", model), Timing(COSTS, link), memory=on_nvme)
     assert m.total_time_s == 1.0 + (1.0 + 8 / 6) + (0.25 + 1.0) and m.bytes_nvme == 8

@@ -75,6 +75,16 @@ def test_report_writes_parquet_and_csv_with_one_row_per_run(sweep, tmp_path, cap
     assert "hit rate" in printed and "belady" in printed
 
 
+def test_mole_vs_moe_sweep_reports_each_kind(tmp_path):
+    # The shipped trace carries token ids; narrowed to 2 hit-rate-only jobs.
+    moe_sim("-m", "+sweep=mole_vs_moe", "cache.capacity=8", "memory.home=dram", "replay.timed=false",
+            f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
+    table = report.load_runs(tmp_path / "grid")
+    assert sorted(table["model.kind"]) == ["moe", "mole"]
+    assert "model.kind" in report.varying(table)
+    assert "mole" in report.summary(table)
+
+
 def test_plots_of_a_hit_rate_sweep_skip_what_it_lacks(sweep, tmp_path, capsys):
     plot.main([str(sweep), "--out", str(tmp_path)])
     printed = capsys.readouterr().out

@@ -248,18 +248,18 @@ class TraceFile:
         return self._file.metadata.num_rows
 
     def chunks(
-        self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False
+        self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False,
+        token_ids: bool = False,
     ) -> Iterator[TraceChunk]:
-        """Stream the trace in row order. `weights` adds gate weights, `extras` weights, token ids and phase, where
-        present."""
+        """Stream the trace in row order. `weights` adds gate weights, `token_ids` token ids, `extras` weights, token
+        ids and phase, where present."""
         for name in predictions:
             if name not in self.prediction_columns:
                 raise InputError(f"{self.path}: prediction column '{PREDICTION_PREFIX}{name}' is missing (has: {self.prediction_columns})")
         columns = list(REQUIRED_COLUMNS) + [PREDICTION_PREFIX + n for n in predictions]
-        if extras:
-            columns += [c for c, present in (("weights", self.has_weights), ("token_id", self.has_token_id), ("phase", self.has_phase)) if present]
-        elif weights and self.has_weights:
-            columns.append("weights")
+        wanted = (("weights", weights or extras, self.has_weights), ("token_id", token_ids or extras, self.has_token_id),
+                  ("phase", extras, self.has_phase))
+        columns += [c for c, asked, present in wanted if asked and present]
         last = None
         row = 0
         try:
@@ -290,7 +290,9 @@ class TraceFile:
         if "weights" in names:
             chunk.weights = get("weights").flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
         if "token_id" in names:
-            chunk.token_id = get("token_id").to_numpy(zero_copy_only=False)
+            if get("token_id").null_count:
+                raise InputError(f"{self.path}: column 'token_id' has null values")
+            chunk.token_id = get("token_id").to_numpy()
         if "phase" in names:
             phase = get("phase")
             chunk.phase = np.array([PHASES.index(p) for p in phase.to_pylist()], dtype=np.int8)

@@ -8,6 +8,11 @@ Rows come grouped by layer, tokens in order within a layer, so a token's positio
 layer; every layer must hold the same number of rows. Layer IDs use the model's own numbering (DeepSeek-V2-Lite:
 1..26, layer 0 is dense) and map to MoE layer indices 0..25. One CSV file is one sequence.
 
+The training layout's token texts become the `token_id` column: the distinct texts of one import, numbered by first
+appearance (files in import order, tokens in position order). These are not the tokenizer's ids, which the files do
+not record, but the same text always gets the same id, which is all a table keyed by token id (MoLE) needs. The
+predicted layout records no text and writes no `token_id`.
+
 Parsing is vectorised with pyarrow so the 1,000-file, 2.5M-row archive imports in seconds. Errors name the file,
 the data row (1-based, header not counted), the field and the value.
 """
@@ -28,7 +33,7 @@ from simulator.presets import get_preset
 from traces.format import TraceChunk, TraceMeta
 from traces.importers import ImportSummary, expand_inputs, write_chunks
 
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2
 DEFAULT_MODEL = "deepseek-v2-lite"
 FIRST_MOE_LAYER_ID = 1
 """Model layer number of the first MoE layer in these files (DeepSeek-V2-Lite's first_k_dense_replace = 1)."""
@@ -43,8 +48,9 @@ _INT = r"^\s*\d{1,9}\s*$"
 _INT_LIST = r"^\s*\[\s*\d{1,9}(\s*,\s*\d{1,9})*\s*\]\s*$"
 
 
-def read_csv(path: str | Path, model: MoEModel, sequence: int) -> TraceChunk:
-    """One MoE-Beyond CSV as trace rows of `sequence`, in (token, layer) order."""
+def read_csv(path: str | Path, model: MoEModel, sequence: int, vocabulary: dict[str, int] | None = None) -> TraceChunk:
+    """One MoE-Beyond CSV as trace rows of `sequence`, in (token, layer) order; the training layout's texts are
+    numbered through `vocabulary` (text -> id, extended in place), so that files of one import share it."""
     path = Path(path)
     table = _read_table(path)
     predicted = table.column_names == PREDICTED_HEADER
@@ -100,6 +106,8 @@ def read_csv(path: str | Path, model: MoEModel, sequence: int) -> TraceChunk:
     )
     if predicted:
         chunk.predictions = {PREDICTION: predictions.take(pa.array(perm)).to_pylist()}
+    else:
+        chunk.token_id = np.repeat(_token_ids(table, perm.reshape(tokens, L), path, {} if vocabulary is None else vocabulary), L)
     return chunk
 
 
@@ -107,13 +115,14 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     """Import CSV files (or folders of them, in natural name order) into one trace; file i is sequence i."""
     files = expand_inputs(inputs, ".csv")
     model = model or get_preset(DEFAULT_MODEL)
-    first = read_csv(files[0], model, 0)
+    vocabulary: dict[str, int] = {}
+    first = read_csv(files[0], model, 0, vocabulary)
     predicted = bool(first.predictions)
 
     def chunks() -> Iterator[TraceChunk]:
         yield first
         for seq, path in enumerate(files[1:], start=1):
-            chunk = read_csv(path, model, seq)
+            chunk = read_csv(path, model, seq, vocabulary)
             if bool(chunk.predictions) != predicted:
                 layout = "predicted" if chunk.predictions else "training"
                 raise InputError(f"{path}: header: {layout} layout, but {files[0].name} has the other (do not mix them)")
@@ -129,9 +138,11 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
             "files": [p.name for p in files],
             "token_position": "row order within each layer",
             "layer_mapping": f"file Layer ID minus {FIRST_MOE_LAYER_ID}",
+            **({} if predicted else {"token_id": "distinct Token texts of this import, numbered by first appearance"}),
         },
     )
-    rows, sequences, tokens = write_chunks(out, meta, chunks(), predictions=[PREDICTION] if predicted else [])
+    rows, sequences, tokens = write_chunks(out, meta, chunks(), token_id=not predicted,
+                                           predictions=[PREDICTION] if predicted else [])
     return ImportSummary(Path(out), rows, sequences, tokens)
 
 
@@ -160,6 +171,25 @@ def _ints(table: pa.Table, column: str, path: Path) -> np.ndarray:
     if bad is not None:
         raise InputError(f"{path}: row {bad + 1}: field '{column}': {table[column][bad].as_py()!r} is not a non-negative integer")
     return pc.cast(pc.utf8_trim_whitespace(table[column]), pa.int64()).to_numpy()
+
+
+def _token_ids(table: pa.Table, grid: np.ndarray, path: Path, vocabulary: dict[str, int]) -> np.ndarray:
+    """The id of each position's text; `grid` holds the file rows of [position, layer]. Every layer must see the
+    same text at a position (they route the same token)."""
+    encoded = table[TOKEN].combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy()[grid]
+    bad = np.argwhere(codes != codes[:, :1])
+    if bad.size:
+        row, first = grid[tuple(bad[0])], grid[bad[0][0], 0]
+        raise InputError(f"{path}: row {row + 1}: field '{TOKEN}': {table[TOKEN][int(row)].as_py()!r} differs from "
+                         f"{table[TOKEN][int(first)].as_py()!r} at the same position in row {first + 1}")
+    texts = encoded.dictionary.to_pylist()
+    codes = codes[:, 0]
+    _, first_seen = np.unique(codes, return_index=True)
+    ids = np.zeros(len(texts), dtype=np.int32)
+    for code in codes[np.sort(first_seen)]:
+        ids[code] = vocabulary.setdefault(texts[code], len(vocabulary))
+    return ids[codes]
 
 
 def _expert_matrix(table: pa.Table, path: Path, model: MoEModel) -> np.ndarray:
