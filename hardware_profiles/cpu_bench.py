@@ -85,8 +85,8 @@ class CpuFfnProbe:
         x = self.x
         with threadpool_limits(limits=self.threads, user_api="blas"):
             for nbytes, pool in self.pools.items():
-                for w in pool[:2]:
-                    gated_ffn(x, *w)  # warm the code path, not the weights
+                for w in pool:  # one untimed pass: the pool's first pass after it is made runs up to 6x slower
+                    gated_ffn(x, *w)  # (page tables); the pool is 4x the LLC, so the weights stay cold
                 times = []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
