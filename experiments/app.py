@@ -20,7 +20,7 @@ from tqdm import tqdm
 from experiments.config import RunConfig
 from experiments.results import write_run
 from experiments.run import simulate
-from experiments.sweep import discard_results, is_complete, register_resolver
+from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
@@ -90,7 +90,8 @@ def _run(cfg: DictConfig) -> None:
     try:
         run = RunConfig.from_hydra(cfg)
         job_dir = Path(HydraConfig.get().runtime.output_dir)
-        if is_complete(job_dir, OmegaConf.to_container(cfg, resolve=True)):
+        inputs = input_digests(OmegaConf.to_container(cfg, resolve=True))
+        if is_complete(job_dir, OmegaConf.to_container(cfg, resolve=True), inputs):
             print(f"skip {job_dir}: complete results of this config are there")
             return
         discard_results(job_dir)
@@ -108,6 +109,7 @@ def _run(cfg: DictConfig) -> None:
         "model": result.model.to_dict(),
         "hardware": result.hardware.name,
         "trace": {"path": str(result.trace.path), "provenance": result.trace.meta.provenance},
+        "inputs": inputs,
     }
     write_run(out_dir, document, result.metrics.layer_table(), result.metrics.timeline)
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""

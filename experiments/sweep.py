@@ -5,7 +5,9 @@ A sweep writes to a fixed `hydra.sweep.dir` (the sweep configs in `conf/sweep/` 
 chooses another), one subdirectory per job named by `job_dirname` from that job's overrides, sorted, so the same
 job lands in the same directory whatever the order of the command line or of the grid. A rerun, or the same sweep
 with more values on an axis, finds the jobs already done there: `metrics.json` is written last and atomically, so its
-presence with this job's config means the job is complete (`is_complete`).
+presence with this job's config means the job is complete (`is_complete`). "This job's config" includes the
+contents of the files it names (`input_digests`): a trace re-imported or a profile edited under the same path is a
+new job, not a done one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from experiments.config import DEFAULT_TRACE
 from experiments.results import METRICS_FILE
+from hardware_profiles.schema import profile_path
 
 RESOLVER = "job_dirname"
 """The OmegaConf resolver `conf/config.yaml` names `hydra.sweep.subdir` with."""
@@ -78,14 +82,49 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def is_complete(out_dir: Path, config: dict) -> bool:
-    """True when `out_dir` holds the complete results of a run of `config` (resolved, as in metrics.json)."""
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
+
+
+def input_digests(config: dict) -> dict[str, str]:
+    """SHA-256 of every file the resolved `config` names, by dotted key: the trace (the shipped default when
+    `trace.path` is unset), the hardware profile (a shipped name too), and any other value that is an existing file
+    (a prefetcher's `train_trace`, a user's class parameter)."""
+    def digest(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    found: dict[str, Path] = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif isinstance(value, str) and dotted not in ("hardware.profile", "trace.path") and _is_file(value):
+                found[dotted] = Path(value)
+
+    walk(config, "")
+    found["trace.path"] = Path((config.get("trace") or {}).get("path") or DEFAULT_TRACE)
+    found["hardware.profile"] = profile_path(config["hardware"]["profile"])[0]
+    return {key: digest(path) for key, path in sorted(found.items()) if path.is_file()}
+
+
+def is_complete(out_dir: Path, config: dict, inputs: dict[str, str]) -> bool:
+    """True when `out_dir` holds the complete results of a run of `config` (resolved, as in metrics.json) on
+    inputs of the same contents (`input_digests`)."""
     path = Path(out_dir) / METRICS_FILE
     try:
-        done = json.loads(path.read_text())["config"]
+        done = json.loads(path.read_text())
+        return _comparable(done["config"]) == _comparable(config) and done["inputs"] == inputs
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return _comparable(done) == _comparable(config)
 
 
 def discard_results(out_dir: Path) -> None:

@@ -153,6 +153,16 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
+def profile_path(name_or_path: str) -> tuple[Path, str]:
+    """The file a profile name or path means, and how to show it in messages; InputError for an unknown name."""
+    text = str(name_or_path)
+    if "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
+        return Path(text), text
+    if text in list_profiles():
+        return PROFILE_DIR / f"{text}.yaml", f"hardware_profiles/{text}.yaml"
+    raise InputError(f"unknown hardware profile '{text}'; known: {', '.join(list_profiles())} (or give a .yaml path)")
+
+
 def load_profile(name_or_path: str) -> HardwareProfile:
     """Load and validate a hardware profile.
 
@@ -166,13 +176,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     Raises:
         InputError: one line naming the file, the field and the value; for an unknown name, the known names.
     """
-    text = str(name_or_path)
-    if "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
-        path, shown = Path(text), text
-    elif text in list_profiles():
-        path, shown = PROFILE_DIR / f"{text}.yaml", f"hardware_profiles/{text}.yaml"
-    else:
-        raise InputError(f"unknown hardware profile '{text}'; known: {', '.join(list_profiles())} (or give a .yaml path)")
+    path, shown = profile_path(name_or_path)
     data = _read_yaml(path, shown)
     if not isinstance(data, dict):
         raise InputError(f"{shown}: expected a mapping of profile fields at the top level, got {type(data).__name__}")

@@ -1,6 +1,7 @@
 """Sweeps as a user runs them: the joblib launcher through a sweep config, resuming, submitit's local executor, and
 the report and figures of a sweep directory."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,8 +11,9 @@ import pandas as pd
 import pytest
 
 from experiments import plot, report
+from experiments.config import DEFAULT_TRACE
 from experiments.results import METRICS_FILE
-from experiments.sweep import is_complete, job_dirname
+from experiments.sweep import input_digests, is_complete, job_dirname
 from simulator.presets import get_preset
 from traces.synth import SynthParams, write_synthetic
 
@@ -134,9 +136,41 @@ def test_job_dirname_is_order_free_and_safe():
 
 def test_is_complete_needs_metrics_with_the_same_config(tmp_path):
     config = {"cache": {"capacity": 8}, "replay": {"timed": True, "progress": True}}
-    assert not is_complete(tmp_path, config)
-    (tmp_path / METRICS_FILE).write_text(json.dumps({"config": {**config, "replay": {"timed": True, "progress": False}}}))
-    assert is_complete(tmp_path, config)  # the progress bar does not change results
-    assert not is_complete(tmp_path, {**config, "cache": {"capacity": 16}})
+    inputs = {"trace.path": "ab12"}
+    assert not is_complete(tmp_path, config, inputs)
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"config": {**config, "replay": {"timed": True, "progress": False}},
+                                                     "inputs": inputs}))
+    assert is_complete(tmp_path, config, inputs)  # the progress bar does not change results
+    assert not is_complete(tmp_path, {**config, "cache": {"capacity": 16}}, inputs)
+    assert not is_complete(tmp_path, config, {"trace.path": "cd34"})  # same path, other contents
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"config": config}))  # written before inputs were recorded
+    assert not is_complete(tmp_path, config, inputs)
     (tmp_path / METRICS_FILE).write_text('{"config": ')  # never happens (written atomically), but not complete
-    assert not is_complete(tmp_path, config)
+    assert not is_complete(tmp_path, config, inputs)
+
+
+def test_input_digests_cover_every_file_the_config_names(tmp_path):
+    trace, train = tmp_path / "t.parquet", tmp_path / "train.parquet"
+    trace.write_bytes(b"rows")
+    train.write_bytes(b"other rows")
+    config = {"trace": {"path": str(trace)}, "hardware": {"profile": "rtx4090_pcie4"},
+              "prefetch": {"_target_": "transition", "train_trace": str(train)}, "policy": {"_target_": "lru"}}
+    digests = input_digests(config)
+    assert sorted(digests) == ["hardware.profile", "prefetch.train_trace", "trace.path"]
+    assert digests["trace.path"] == hashlib.sha256(b"rows").hexdigest()
+    trace.write_bytes(b"rows, re-imported")
+    assert input_digests(config)["trace.path"] != digests["trace.path"]
+    assert input_digests({**config, "trace": {"path": None}})["trace.path"] == \
+        hashlib.sha256(Path(DEFAULT_TRACE).read_bytes()).hexdigest()
+    assert "x" * 5000 not in input_digests({**config, "policy": {"note": "x" * 5000}})  # not a file, no error
+
+
+def test_a_rerun_after_the_trace_changed_is_not_skipped(tmp_path):
+    trace = tmp_path / "t.parquet"
+    model = get_preset("olmoe-1b-7b")
+    write_synthetic(trace, model, SynthParams(sequences=1, tokens_per_sequence=8, seed=1))
+    args = [f"trace.path={trace}", "replay.timed=false", "cache.capacity=8", f"hydra.run.dir={tmp_path / 'run'}"]
+    moe_sim(*args, cwd=tmp_path)
+    assert moe_sim(*args, cwd=tmp_path).startswith("skip ")
+    write_synthetic(trace, model, SynthParams(sequences=1, tokens_per_sequence=8, seed=2))  # same path, new rows
+    assert not moe_sim(*args, cwd=tmp_path).startswith("skip ")
