@@ -385,6 +385,10 @@ class _Replay:
             arrival = self.memory.demand(layer, [(misses[0], nbytes)], t_router)[0] if misses else t_router
             issued = t_router + (self.memory.issue_s if misses else 0.0)
             stall = max(0.0, arrival - issued)
+            if self.events is not None:
+                self.events.append(("gpu", self.now, t_router, layer, "non-expert"))
+                if issued > t_router:
+                    self.events.append(("gpu", t_router, issued, layer, "issue fetches"))
             metrics.compute_time_s += self.timing.costs.non_expert_s + (issued - t_router)
             metrics.stall_time_s += stall
             metrics.per_layer.stall_s[layer] += stall

@@ -68,3 +68,11 @@ def test_mole_needs_token_ids_and_an_lru_cache():
         replay([chunk([(0, 0, 0, [0])])], ExpertCache(LRUCache, 1, "layer", NARROW))
     with pytest.raises(InputError, match="policy: model.kind=mole"):
         replay([chunk([(0, 0, 0, [0])], [1])], ExpertCache(LFUCache, 1, "layer", NARROW))
+
+
+def test_timeline_shows_a_lookup_step():
+    # As the repeated-id case above, token 1 only: non-expert 2.25..3.25, the missed row 3.5..4.0 on the link.
+    model = replace(toy_model(layers=1, experts=4, top_k=2), kind="mole")
+    cache = ExpertCache(LRUCache, 2, "layer", model)
+    m = replay([chunk([(0, 0, 0, [0, 1]), (0, 1, 0, [1, 2])], [7, 7])], cache, Timing(COSTS, LINK), timeline=(1, 2))
+    assert sorted(m.timeline) == [("gpu", 2.25, 3.25, 0, "non-expert"), ("h2d", 3.5, 4.0, 2, "demand")]
