@@ -13,11 +13,17 @@
 A layer step follows the simulator's timing model (README "Timing model"): the router runs, the misses are submitted
 in router order, the resident experts are computed, then each missed expert once its read has completed. Time spent
 polling for a read is the stall.
+
+The loop (`OffloadRuntime`) runs over a *tier pair*: what it needs of the slow tier, the fast tier and the processor
+is the small interface of `ExpertStore` (sources, a reader, `compute`). This module's store is the CPU machine
+above; `experiments.torch_runtime.HostExperts` is the same runtime on a GPU (experts in pinned host memory, GPU
+slots, host-to-device copies), so both are timed by the same code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +34,9 @@ from threadpoolctl import threadpool_limits
 
 from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_views, gated_ffn, random_block
 from hardware_profiles.aio import AsyncReader
+from hardware_profiles.calibrate import cpu_name
+from hardware_profiles.cpu_bench import CpuFfnProbe, cpu_flops
+from hardware_profiles.storage_bench import burst_method as storage_burst_method
 from hardware_profiles.uncached_read import BufferRing, padded, write_padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
@@ -54,14 +63,77 @@ def synthetic_steps(model: MoEModel, tokens: int, seed: int = 0) -> list[Step]:
             for _ in range(tokens) for layer in range(model.moe_layers)]
 
 
+class NumpyCompute:
+    """The CPU as the processor: float32 numpy FFNs on one BLAS thread (the code `moe-calibrate` times)."""
+
+    param_bytes = PARAM_BYTES
+
+    def __init__(self, model: MoEModel, seed: int = 0):
+        rng = np.random.default_rng(seed + 1)
+        hidden = model.hidden_size
+        self.hidden, self.ffn_width = hidden, model.expert_intermediate_size
+        self.values = model.bytes_per_expert // PARAM_BYTES
+        self.routers = [rng.standard_normal((hidden, model.experts_per_layer), dtype=DTYPE) * DTYPE(hidden**-0.5)
+                        for _ in range(model.moe_layers)]
+        self.x = rng.standard_normal((1, hidden), dtype=DTYPE)
+
+    def threads(self):
+        return threadpool_limits(limits=1, user_api="blas")
+
+    def router(self, layer: int) -> None:
+        self.x @ self.routers[layer]
+
+    def views(self, buffer):
+        return expert_views(np.frombuffer(buffer, DTYPE, self.values), self.hidden, self.ffn_width)
+
+    def zeros(self):
+        return np.zeros_like(self.x)
+
+    def ffn(self, weights):
+        return gated_ffn(self.x, *weights)
+
+
 class ExpertStore:
-    """The slow tier: one file per (layer, expert) in `directory`, written once and reused while the shape matches."""
+    """The slow tier: one file per (layer, expert) in `directory`, written once and reused while the shape matches.
+
+    What `OffloadRuntime` needs of a slow tier: `model`, `nbytes`, `sources()` (what a read names, by layer and
+    expert), `open_reader()` (submit/wait/close) and `compute(seed)` (the processor that runs the experts)."""
 
     def __init__(self, directory: str | Path, model: MoEModel, seed: int = 0):
         self.directory = Path(directory)
         self.model = model
         self.seed = seed
         self.nbytes = model.bytes_per_expert
+
+    def sources(self) -> list[list[str]]:
+        return self.paths()
+
+    def open_reader(self) -> AsyncReader:
+        return AsyncReader()
+
+    def compute(self, seed: int = 0) -> NumpyCompute:
+        return NumpyCompute(self.model, seed)
+
+    def ring(self, count: int) -> BufferRing:
+        return BufferRing(count, self.nbytes)
+
+    def ffn_probe(self, widths: Sequence[int]) -> CpuFfnProbe:
+        return CpuFfnProbe(self.model.hidden_size, widths, threads=1)
+
+    def flops(self, hidden: int, ffn: int, tokens: int, repeats: int) -> tuple[float, list[float]]:
+        return cpu_flops(hidden, ffn, tokens, repeats, threads=1)
+
+    read_method = "O_DIRECT, Linux native AIO"
+
+    def burst_method(self, groups: Sequence[Sequence], bursts: Sequence[int], repeats: int) -> str:
+        return storage_burst_method(groups, bursts, repeats)
+
+    def roles(self) -> dict:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 1 << 30
+        return {"gpu_name": f"{cpu_name()}, 1 BLAS thread", "memory_bytes": memory,
+                "memory_text": "physical memory (sysconf); the runtime's slots use a small part",
+                "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
+                "profile_name": "validate-cpu-as-gpu"}
 
     def path(self, layer: int, expert: int) -> Path:
         return self.directory / f"L{layer:03d}_E{expert:04d}.bin"
@@ -123,12 +195,7 @@ class OffloadRuntime:
         self.model = model
         self.capacity = capacity
         self.ring = ring
-        self.values = model.bytes_per_expert // PARAM_BYTES
-        rng = np.random.default_rng(seed + 1)
-        hidden = model.hidden_size
-        self.routers = [rng.standard_normal((hidden, model.experts_per_layer), dtype=DTYPE) * DTYPE(hidden**-0.5)
-                        for _ in range(model.moe_layers)]
-        self.x = rng.standard_normal((1, hidden), dtype=DTYPE)
+        self.compute = store.compute(seed)
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
             experts: bool = True, reads: bool = True) -> RuntimeResult:
@@ -147,17 +214,16 @@ class OffloadRuntime:
         cache.track_evictions = True
         per = model.experts_per_layer
         ring = self.ring
-        buffer_of = {}  # resident model-wide key -> its DRAM buffer
+        compute = self.compute
+        buffer_of = {}  # resident model-wide key -> its fast-tier buffer
         views = {}  # model-wide key -> (W_gate, W_up, W_down) over its buffer
-        hidden, ffn = model.hidden_size, model.expert_intermediate_size
-        reader = AsyncReader()
+        reader = self.store.open_reader()
         nbytes = self.store.nbytes
-        paths = self.store.paths()
-        x = self.x
+        sources = self.store.sources()
         stall = 0.0
         hits = loads = accesses = 0
         try:
-            with threadpool_limits(limits=1, user_api="blas"):
+            with compute.threads():
                 paused = 0.0
                 start = time.perf_counter()
                 for index, step in enumerate(steps):
@@ -167,7 +233,7 @@ class OffloadRuntime:
                         paused += time.perf_counter() - t0
                     layer = step.layer
                     base = layer * per
-                    x @ self.routers[layer]  # the step's non-expert work (routing itself comes from the trace)
+                    compute.router(layer)  # the step's non-expert work (routing itself comes from the trace)
                     misses = cache.access(layer, list(step.experts))
                     accesses += len(step.experts)
                     hits += len(step.experts) - len(misses)
@@ -180,22 +246,22 @@ class OffloadRuntime:
                     for expert in misses:
                         key = base + expert
                         buffer_of[key] = buffer = ring.take()
-                        views[key] = expert_views(np.frombuffer(buffer, DTYPE, self.values), hidden, ffn)
+                        views[key] = compute.views(buffer)
                         keys.append(key)
-                        issued.append((paths[layer][expert], buffer, nbytes))
+                        issued.append((sources[layer][expert], buffer, nbytes))
                     if not experts:
                         continue
                     pending = zip(keys, reader.submit(issued)) if issued and reads else ()
-                    y = np.zeros_like(x)
+                    y = compute.zeros()
                     missed = set(misses) if reads else set()
                     for expert in step.experts:
                         if expert not in missed:
-                            y = y + gated_ffn(x, *views[base + expert])
+                            y = y + compute.ffn(views[base + expert])
                     for key, ticket in pending:
                         t0 = time.perf_counter()
                         reader.wait(ticket)
                         stall += time.perf_counter() - t0
-                        y = y + gated_ffn(x, *views[key])
+                        y = y + compute.ffn(views[key])
                 total = time.perf_counter() - start - paused
         finally:
             reader.close()

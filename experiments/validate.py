@@ -20,13 +20,15 @@ run, on the same shapes, files and memory the runtime uses (`MachineProbe`):
 The model is the trace's, scaled to fit a disk budget: `expert_intermediate_size` divided by a power of two (the
 factor is printed and written into each case), weights float32 (param_bytes 4); shared experts are run on neither
 side. Nothing is fitted to the runtime's own totals. The profile averaged over the runs is written beside the JSON.
+
+`--runtime cuda` runs the same loop and probes on a GPU (`experiments.torch_runtime`): the experts in pinned host
+memory (bf16), GPU slots as the fast tier, host-to-device copies on one stream as the link, torch FFNs on the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import socket
 import sys
@@ -41,14 +43,12 @@ from tqdm import tqdm
 from experiments.config import DEFAULT_TRACE
 from experiments.results import atomic_write_bytes
 from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
-from hardware_profiles.aio import AsyncReader
 from hardware_profiles.calibrate import cpu_name, write_profile
-from hardware_profiles.cpu_bench import CpuFfnProbe, cpu_flops, ffn_widths
 from hardware_profiles.expert_ffn import PARAM_BYTES
 from hardware_profiles.fit import PathMeasurement
 from hardware_profiles.schema import ProfileFile
-from hardware_profiles.storage_bench import burst_samples, burst_method
-from hardware_profiles.uncached_read import BufferRing, padded
+from hardware_profiles.storage_bench import burst_samples
+from hardware_profiles.uncached_read import padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
 from simulator.compute import step_costs
@@ -108,22 +108,23 @@ def first_tokens(path: str, tokens: int) -> TracePart:
     return TracePart(Path(path).stem, trace.meta.model, chunk, steps, int(min(tokens, new.sum())))
 
 
-def choose_scale(model: MoEModel, experts_stored: int, budget_bytes: int) -> int:
-    """The smallest power of two dividing the expert FFN width such that `experts_stored` float32 experts fit
-    `budget_bytes` on disk."""
+def choose_scale(model: MoEModel, experts_stored: int, budget_bytes: int, param_bytes: int = PARAM_BYTES) -> int:
+    """The smallest power of two dividing the expert FFN width such that `experts_stored` experts of `param_bytes`
+    per weight fit `budget_bytes` in the slow tier."""
     scale = 1
-    while experts_stored * padded(scaled_model(model, scale).bytes_per_expert) > budget_bytes:
+    while experts_stored * padded(scaled_model(model, scale, param_bytes).bytes_per_expert) > budget_bytes:
         if model.expert_intermediate_size // (scale * 2) < 1:
             raise InputError(f"--disk-budget: {budget_bytes} bytes cannot hold {experts_stored} experts of hidden {model.hidden_size}")
         scale *= 2
     return scale
 
 
-def scaled_model(model: MoEModel, scale: int) -> MoEModel:
-    """`model` as the runtime runs it: FFN width / scale, float32 weights; non-expert work starts as the router's
-    parameters (hidden × experts) and is replaced by the measured step work for each simulation."""
-    return replace(model, name=f"{model.name}/ffn÷{scale}/fp32", expert_intermediate_size=max(1, model.expert_intermediate_size // scale),
-                   param_bytes=float(PARAM_BYTES), shared_experts=0,
+def scaled_model(model: MoEModel, scale: int, param_bytes: int = PARAM_BYTES) -> MoEModel:
+    """`model` as the runtime runs it: FFN width / scale, float32 weights (bf16 on a GPU); non-expert work starts
+    as the router's parameters (hidden × experts) and is replaced by the measured step work for each simulation."""
+    kind = {4: "fp32", 2: "bf16"}[param_bytes]
+    return replace(model, name=f"{model.name}/ffn÷{scale}/{kind}", expert_intermediate_size=max(1, model.expert_intermediate_size // scale),
+                   param_bytes=float(param_bytes), shared_experts=0,
                    non_expert_params_per_layer=model.hidden_size * model.experts_per_layer)
 
 
@@ -195,17 +196,19 @@ class MachineProbe:
     with those measurements pooled. Each probe takes ~0.1 s.
     """
 
-    def __init__(self, model: MoEModel, files: list[list[Path]], settings: Settings, seed: int = 0):
+    def __init__(self, store, files: list[list], settings: Settings, seed: int = 0):
+        model = store.model
+        self.store = store
         self.nbytes = model.bytes_per_expert
         self.settings = settings
         self.files = [group for group in files if len(group) >= model.top_k]
         self.bursts = sorted({1, 2, max(1, model.top_k // 2), model.top_k})
-        self.reader = AsyncReader()
+        self.reader = store.open_reader()
         self.rng = np.random.default_rng(seed)
         width = model.expert_intermediate_size
-        self.ffn = CpuFfnProbe(model.hidden_size, sorted({max(1, width // 2), width, 2 * width}), threads=1)
+        self.ffn = store.ffn_probe(sorted({max(1, width // 2), width, 2 * width}))
         self.flops_tokens = 256
-        self.flops, _ = cpu_flops(model.hidden_size, 2 * width, self.flops_tokens, 3, threads=1)
+        self.flops, _ = store.flops(model.hidden_size, 2 * width, self.flops_tokens, 3)
         self.synthetic = synthetic_steps(model, tokens=4, seed=seed + 7)
         self.top_k = model.top_k
         self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": [], "issue": [], "first": []}
@@ -231,8 +234,8 @@ class MachineProbe:
         """The probes taken since the last call, pooled and fitted."""
         s = self.settings
         cal = Calibration(
-            pooled("expert reads", burst_method(self.files, self.bursts, s.storage_repeats), self.taken["storage"]),
-            pooled("cpu expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
+            pooled("expert reads", self.store.burst_method(self.files, self.bursts, s.storage_repeats), self.taken["storage"]),
+            pooled("expert FFN", self.ffn.method(s.ffn_repeats), self.taken["ffn"]),
             *mean_and_spread(self.taken["non_expert"]),
             *mean_and_spread(self.taken["expert"]),
             *mean_and_spread(self.taken["issue"]),
@@ -245,8 +248,9 @@ class MachineProbe:
         self.reader.close()
 
 
-def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: int, in_flight: int) -> dict:
-    """The calibration as a profile (the CPU as the GPU, storage reads as the link), every number cited."""
+def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: int, in_flight: int, roles: dict) -> dict:
+    """The calibration as a profile (the processor that computes the experts as the GPU, the slow tier's reads or
+    copies as the link; `roles` names them, from the store), every number cited."""
     cite = f"measured by moe-validate on {socket.gethostname()} {date.today().isoformat()}"
     storage, ffn = cal.storage, cal.ffn
     fit_ffn, fit_io = ffn.fit, storage.fit
@@ -255,11 +259,10 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
                      f"weight bytes over the fitted bandwidth")
     ffn_text = f"{cite}, {ffn.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_ffn.max_relative_error:.0%}"
     io_text = f"{cite}, {storage.method}; least-squares fit of latency + bytes/bandwidth, max fit error {fit_io.max_relative_error:.0%}"
-    flops_text = f"{cite}, one float32 expert FFN on {flops_tokens} tokens, 1 BLAS thread, best of 3"
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 1 << 30
+    flops_text = f"{cite}, one expert FFN on {flops_tokens} tokens ({ffn.method.split(' (')[0]}), best of 3"
     issue_text = (f"{cite}, time in the submitting call (iocb set-up and io_submit) of the same bursts, summed and "
                   f"divided by the reads submitted, {cal.issue_s * 1e6:.1f} us per read (spread over probes "
-                  f"{cal.issue_spread:.0%}); the runtime's CPU, the 'GPU', spends it before computing a step's experts")
+                  f"{cal.issue_spread:.0%}); the runtime's host thread spends it before computing a step's experts")
     sharing = cal.sharing(nbytes, in_flight)
     serial_first = fit_io.seconds(nbytes) / fit_io.seconds(in_flight * nbytes)
     sharing_text = (f"{cite}, the same bursts of {in_flight} reads, waited in submission order: the first was seen "
@@ -271,17 +274,20 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
                         "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once.",
                         "issue_s": issue_text, "sharing": sharing_text}}
     return {
-        "name": "validate-cpu-as-gpu",
-        "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
-        "gpu": {"name": f"{cpu_name()}, 1 BLAS thread", "memory_bytes": memory,
+        "name": roles["profile_name"],
+        "description": roles["description"],
+        "gpu": {"name": roles["gpu_name"], "memory_bytes": roles["memory_bytes"],
                 "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": cal.kernel_overhead_s(nbytes),
-                "sources": {"memory_bytes": f"{cite}, physical memory (sysconf); the runtime's slots use a small part",
+                "sources": {"memory_bytes": f"{cite}, {roles['memory_text']}",
                             "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
                             "flops": flops_text, "kernel_overhead_s": overhead_text}},
         "h2d": link,
         "d2h": {**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
         "cpu": {"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
-                "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}},
+                "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}
+                if roles["gpu_name"].startswith(cpu_name()) else
+                {k: "Unused by the validation (no expert runs on the CPU); the gpu section's. " + v
+                 for k, v in (("memory_bandwidth_Bps", ffn_text), ("flops", flops_text))}},
     }
 
 
@@ -295,42 +301,63 @@ def _error(simulated: float, measured: float) -> float | None:
     return (simulated - measured) / measured if measured > 0 else None
 
 
-def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path, seed: int = 0) -> list[dict]:
+RUNTIMES = ("cpu", "cuda", "torch-cpu")
+"""cpu: the CPU machine (expert files, O_DIRECT AIO reads, numpy); cuda: the GPU machine (pinned host experts,
+host-to-device copies, torch on the GPU); torch-cpu: the cuda runtime's code on the CPU, for tests (times mean nothing)."""
+
+
+def make_store(runtime: str, base: MoEModel, needed_count: int, budget: int, store_root: Path, seed: int):
+    """The slow tier of `runtime` for the trace's model scaled to `budget`; (store, scale)."""
+    if runtime == "cpu":
+        scale = choose_scale(base, needed_count, budget)
+        model = scaled_model(base, scale)
+        folder = store_root / f"{model.moe_layers}x{model.experts_per_layer}_h{model.hidden_size}_f{model.expert_intermediate_size}"
+        return ExpertStore(folder, model, seed), scale
+    from experiments import torch_runtime
+
+    device = torch_runtime.torch_device("cuda" if runtime == "cuda" else "cpu")
+    size = torch_runtime.param_bytes(device)
+    scale = choose_scale(base, needed_count, budget, size)
+    return torch_runtime.HostExperts(scaled_model(base, scale, size), device, seed), scale
+
+
+def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path, seed: int = 0,
+        runtime: str = "cpu") -> list[dict]:
     parts = [first_tokens(t, settings.tokens) for t in traces]
     shapes = {(p.model.moe_layers, p.model.experts_per_layer, p.model.hidden_size, p.model.expert_intermediate_size) for p in parts}
     if len(shapes) != 1:
         raise InputError(f"traces: give traces of one model shape (got {sorted(shapes)})")
     base = parts[0].model
     needed = {(s.layer, e) for p in parts for s in p.steps for e in s.experts}
-    scale = choose_scale(base, len(needed), settings.disk_budget_bytes)
-    model = scaled_model(base, scale)
-    store = ExpertStore(store_root / f"{model.moe_layers}x{model.experts_per_layer}_h{model.hidden_size}_f{model.expert_intermediate_size}",
-                        model, seed)
-    print(f"moe-validate: {base.name}: expert FFN width {base.expert_intermediate_size} / {scale} = "
-          f"{model.expert_intermediate_size}, float32: {model.bytes_per_expert / 1e6:.3f} MB per expert "
-          f"(the {base.param_bytes:g}-byte original: {base.bytes_per_expert / 1e6:.2f} MB); {len(needed)} experts on disk "
+    store, scale = make_store(runtime, base, len(needed), settings.disk_budget_bytes, store_root, seed)
+    model = store.model
+    where = "on disk" if runtime == "cpu" else "in host memory"
+    print(f"moe-validate ({runtime}): {base.name}: expert FFN width {base.expert_intermediate_size} / {scale} = "
+          f"{model.expert_intermediate_size}, {model.param_bytes:g}-byte weights: {model.bytes_per_expert / 1e6:.3f} MB per expert "
+          f"(the {base.param_bytes:g}-byte original: {base.bytes_per_expert / 1e6:.2f} MB); {len(needed)} experts {where} "
           f"({len(needed) * padded(model.bytes_per_expert) / 1e9:.2f} GB); first {settings.tokens} tokens of each trace")
-    with tqdm(total=len(needed), desc="expert files", unit="file", disable=None, leave=False) as bar:
+    with tqdm(total=len(needed), desc="experts", unit="expert", disable=None, leave=False) as bar:
         store.ensure(needed, bar.update)
-    by_layer = [sorted(store.path(l, e) for l, e in needed if l == layer) for layer in range(model.moe_layers)]
-    probe = MachineProbe(model, by_layer, settings, seed)
+    sources = store.sources()
+    by_layer = [[sources[layer][e] for e in sorted(e for l, e in needed if l == layer)] for layer in range(model.moe_layers)]
+    probe = MachineProbe(store, by_layer, settings, seed)
     # The run holds up to capacity × layers buffers, a probe inside it as many again (its synthetic run) plus top_k.
-    ring = BufferRing(2 * max(settings.capacities) * model.moe_layers + model.top_k + settings.spare_buffers,
-                      model.bytes_per_expert)
+    ring = store.ring(2 * max(settings.capacities) * model.moe_layers + model.top_k + settings.spare_buffers)
     runtimes = {c: OffloadRuntime(store, c, ring, seed) for c in settings.capacities}
     cases = [(i, c) for i in range(len(parts)) for c in settings.capacities]
     runs: dict[tuple[int, int], list[tuple[RuntimeResult, Metrics, Calibration]]] = {case: [] for case in cases}
     every = settings.probe_every_tokens * model.moe_layers
+    roles = store.roles()
     try:
         with tqdm(total=len(cases) * settings.repeats, desc="runtime", unit="run", disable=None, leave=False) as bar:
             for _ in range(settings.repeats):  # repeat-major: the machine's drift spreads over every case
                 for i, c in cases:
-                    runtime = runtimes[c]
-                    probe.measure(runtime)
-                    result = runtime.run(parts[i].steps, pause=lambda: probe.measure(runtime), pause_every=every)
-                    probe.measure(runtime)
+                    offload = runtimes[c]
+                    probe.measure(offload)
+                    result = offload.run(parts[i].steps, pause=lambda: probe.measure(offload), pause_every=every)
+                    probe.measure(offload)
                     cal = probe.take()
-                    doc = profile_document(cal, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k)
+                    doc = profile_document(cal, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles)
                     simulated = replace(model, non_expert_params_per_layer=cal.non_expert_params(model.bytes_per_expert))
                     hardware = ProfileFile.model_validate(doc).to_profile()
                     runs[i, c].append((result, simulate(parts[i], simulated, hardware, c), cal))
@@ -341,24 +368,24 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
     overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
                           *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]),
                           *mean_and_spread([c.issue_s for c in every_cal]), float(np.mean([c.first_arrival for c in every_cal])))
-    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k),
-                  ["Written by moe-validate: this machine's CPU and storage in the roles of GPU and link, averaged",
-                   "over every run (each run was simulated with the measurements taken during it)."])
+    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles),
+                  [f"Written by moe-validate --runtime {runtime}: {roles['description']} Averaged over every run",
+                   "(each run was simulated with the measurements taken during it)."])
     print(calibration_line(overall, probe.flops))
-    return [case_result(parts[i], c, runs[i, c], model, scale) for i, c in cases]
+    return [case_result(parts[i], c, runs[i, c], model, scale, runtime, store.read_method) for i, c in cases]
 
 
 def calibration_line(cal: Calibration, flops: float) -> str:
     def fit(m: PathMeasurement, digits: int) -> str:
         return f"{m.fit.latency_s * 1e6:.1f} us + bytes / {m.fit.bandwidth_Bps / 1e9:.{digits}f} GB/s (spread of run means up to {max(m.cv):.0%})"
-    return (f"calibration, mean over the runs: expert reads (O_DIRECT, AIO bursts) {fit(cal.storage, 3)}; "
-            f"CPU FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; in the runtime's loop: an expert "
+    return (f"calibration, mean over the runs: expert reads/copies in bursts {fit(cal.storage, 3)}; "
+            f"expert FFN {fit(cal.ffn, 2)}; {flops / 1e9:.1f} GFLOP/s at 256 tokens; in the runtime's loop: an expert "
             f"{cal.expert_s * 1e6:.1f} us (spread of run means {cal.expert_spread:.0%}), non-expert work {cal.non_expert_s * 1e6:.1f} us "
             f"per layer step (spread {cal.non_expert_spread:.0%}); issuing a read {cal.issue_s * 1e6:.1f} us (spread {cal.issue_spread:.0%}); "
             f"first read of a burst seen complete at {cal.first_arrival:.0%} of the burst")
 
 
-def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int) -> dict:
+def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int, runtime: str, read_method: str) -> dict:
     """One case's JSON record: means over the repeats (each run simulated with its adjacent calibration)."""
     def stats(values) -> tuple[float, float]:
         a = np.array(values, dtype=float)
@@ -407,7 +434,8 @@ def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, sca
         "layer_steps": len(part.steps),
         "scale": scale,
         "model": model.to_dict(),
-        "read_method": "O_DIRECT, Linux native AIO",
+        "runtime": runtime,
+        "read_method": read_method,
     }
 
 
@@ -433,14 +461,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, help="first N tokens of each trace (default 64; quick 2)")
     parser.add_argument("--capacity", type=int, action="append", help="experts per layer in DRAM (default 8, 16, 32)")
     parser.add_argument("--repeats", type=int, help="runtime runs per case (default 3; quick 1)")
-    parser.add_argument("--disk-budget", type=int, help="bytes the expert files may take (default 2 GiB; quick 256 MiB)")
+    parser.add_argument("--disk-budget", type=int, help="bytes the slow tier may take: expert files, or pinned host memory "
+                                                          "with --runtime cuda (default 2 GiB; quick 256 MiB)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="cpu",
+                        help="cpu: expert files read into DRAM, numpy on the CPU (default); cuda: pinned host experts "
+                             "copied to the GPU, torch on the GPU; torch-cpu: the cuda code on the CPU (tests only)")
     parser.add_argument("--store", default=str(Path(tempfile.gettempdir()) / "moe-validate-store"),
                         help="folder for the expert files (the slow tier); kept and reused across runs")
     args = parser.parse_args(argv)
     settings = Settings.of(args.quick, args.tokens, args.capacity, args.repeats, args.disk_budget)
     out = Path(args.json)
     try:
-        results = run(args.trace or [DEFAULT_TRACE], settings, Path(args.store), out)
+        results = run(args.trace or [DEFAULT_TRACE], settings, Path(args.store), out, runtime=args.runtime)
     except InputError as err:
         print(f"moe-validate: {err}", file=sys.stderr)
         sys.exit(2)

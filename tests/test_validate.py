@@ -122,3 +122,56 @@ def test_probe_bursts_record_when_the_first_read_completes(tmp_path):
     assert sorted(samples) == [8192, 3 * 8192]
     assert [k for k, _, _ in firsts] == [1, 1, 3, 3]
     assert all(0 < first <= last for _, first, last in firsts)
+
+
+def test_torch_runtime_copies_the_experts_and_counts_like_the_cache():
+    torch = pytest.importorskip("torch")
+    from experiments.torch_runtime import HostExperts
+
+    part = first_tokens(DEFAULT_TRACE, 2)
+    model = scaled_model(part.model, 256)  # float32 on the CPU
+    store = HostExperts(model, torch.device("cpu"))
+    needed = {(s.layer, e) for s in part.steps for e in s.experts}
+    assert store.ensure(needed) == len(needed) and store.ensure(needed) == 0
+    ring = store.ring(8 * model.moe_layers + 4)
+    reader = store.open_reader()
+    (layer, expert), *_ = sorted(needed)
+    slot = ring.take()
+    reader.wait(reader.submit([(store.sources()[layer][expert], slot, store.nbytes)])[0])
+    assert torch.equal(slot, store.sources()[layer][expert])  # the weights the FFN then reads are the expert's
+    ring.give(slot)
+    result = OffloadRuntime(store, capacity=8, ring=ring).run(part.steps)
+    assert len(ring) == ring.count
+    assert result.accesses == sum(len(s.experts) for s in part.steps)
+    assert result.hits + result.loads == result.accesses
+
+
+def test_quick_run_of_the_gpu_runtime_code_on_the_cpu(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "validate.json"
+    run = validate("--json", str(out), "--quick", "--runtime", "torch-cpu")
+    assert run.returncode == 0, run.stderr
+    (case,) = check_cases(out)
+    assert case["runtime"] == "torch-cpu" and case["model"]["param_bytes"] == 4.0
+    assert load_profile(str(out.with_suffix(".profile.yaml"))).gpu.name == "CPU (torch, code-path test)"
+
+
+def test_cuda_runtime_without_cuda_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    run = validate("--json", str(tmp_path / "v.json"), "--quick", "--runtime", "cuda")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "moe-validate: --runtime cuda: torch sees no CUDA device (torch.cuda.is_available() is false)"
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_quick_run_on_the_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = tmp_path / "validate.json"
+    run = validate("--json", str(out), "--quick", "--runtime", "cuda")
+    assert run.returncode == 0, run.stderr
+    (case,) = check_cases(out)
+    assert case["model"]["param_bytes"] == 2.0
