@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from hardware_profiles.cpu_bench import pool_samples
 from simulator.model import MoEModel
 
 BASE_BLOCKS = 8
@@ -181,22 +182,11 @@ class TorchFfnProbe:
             self.pools[values * size] = [_views(base * (1 + 1e-3 * i), hidden, ffn) for i in range(count)]
 
     def samples(self, repeats: int, tick: Callable[[], None] | None = None) -> dict[int, list[float]]:
-        samples = {}
-        for nbytes, pool in self.pools.items():
-            for w in pool:  # one untimed pass, as the CPU probe
-                _gated_ffn(self.x, *w)
+        def call(w) -> None:
+            _gated_ffn(self.x, *w)
             _sync(self.device)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for w in pool:
-                    _gated_ffn(self.x, *w)
-                    _sync(self.device)
-                times.append((time.perf_counter() - t0) / len(pool))
-            samples[nbytes] = times
-            if tick:
-                tick()
-        return samples
+
+        return pool_samples(self.pools, call, repeats, tick)
 
     def method(self, repeats: int) -> str:
         return (f"torch {str(dtype_of(self.device)).removeprefix('torch.')} gated FFN on {self.device} (hidden {self.hidden}, "

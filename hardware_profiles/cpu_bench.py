@@ -81,22 +81,9 @@ class CpuFfnProbe:
 
     def samples(self, repeats: int, tick: Callable[[], None] | None = None) -> dict[int, list[float]]:
         """Per weight size in bytes, `repeats` mean times of one expert FFN (each over a pass through its pool)."""
-        samples: dict[int, list[float]] = {}
         x = self.x
         with threadpool_limits(limits=self.threads, user_api="blas"):
-            for nbytes, pool in self.pools.items():
-                for w in pool:  # one untimed pass: the pool's first pass after it is made runs up to 6x slower
-                    gated_ffn(x, *w)  # (page tables); the pool is 4x the LLC, so the weights stay cold
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    for w in pool:
-                        gated_ffn(x, *w)
-                    times.append((time.perf_counter() - t0) / len(pool))
-                samples[nbytes] = times
-                if tick:
-                    tick()
-        return samples
+            return pool_samples(self.pools, lambda w: gated_ffn(x, *w), repeats, tick)
 
     def method(self, repeats: int) -> str:
         return (f"numpy gated FFN (float32, hidden {self.hidden}, widths {self.widths}, {self.tokens} token(s), "
@@ -106,6 +93,28 @@ class CpuFfnProbe:
     def measure(self, repeats: int, tick: Callable[[], None] | None = None) -> PathMeasurement:
         """Mean time of one expert FFN per width over `repeats` passes through its pool, fitted against weight bytes."""
         return PathMeasurement.from_samples("cpu expert FFN", self.method(repeats), self.samples(repeats, tick))
+
+
+def pool_samples(pools: dict[int, list], call: Callable, repeats: int, tick: Callable[[], None] | None = None
+                 ) -> dict[int, list[float]]:
+    """Per weight size, `repeats` mean times of `call(weights)` over one pass through that size's pool of experts.
+
+    One untimed pass first: a pool's first pass after it is made ran up to 6x slower here (page tables), and a pool
+    several times the last-level cache leaves the weights cold for the timed passes all the same."""
+    samples: dict[int, list[float]] = {}
+    for nbytes, pool in pools.items():
+        for w in pool:
+            call(w)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for w in pool:
+                call(w)
+            times.append((time.perf_counter() - t0) / len(pool))
+        samples[nbytes] = times
+        if tick:
+            tick()
+    return samples
 
 
 def time_cpu_ffn(hidden: int, widths: Sequence[int], repeats: int, threads: int | None,
