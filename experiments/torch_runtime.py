@@ -53,6 +53,7 @@ def param_bytes(device) -> int:
 
 
 def _sync(device) -> None:
+    """Wait for the compute stream only (not `torch.cuda.synchronize()`): copies in flight go on."""
     import torch
 
     if device.type == "cuda":

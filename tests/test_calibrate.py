@@ -146,6 +146,20 @@ def test_moe_sim_runs_on_the_calibrated_profile(quick_profile, tmp_path):
     assert "time/token" in run.stdout and metrics.is_file()
 
 
+def test_cuda_measurement_code_runs_on_the_cpu():
+    """The GPU measurements' code, run on torch's CPU device: every call works and fits (the figures mean nothing
+    here; pinned memory needs CUDA, so only pageable copies)."""
+    pytest.importorskip("torch")
+    sizes = cuda_bench.QUICK_TRANSFER_SIZES[:3]
+    for direction in ("h2d", "d2h"):
+        m = cuda_bench.time_transfers(direction, False, sizes, repeats=2, device="cpu")
+        assert m.nbytes == tuple(sizes) and m.fit.bandwidth_Bps > 0 and m.path == f"{direction} pageable"
+    assert cuda_bench.device_copy_Bps(1 << 20, 2, device="cpu") > 0
+    ffn = cuda_bench.time_gpu_ffn(256, [64, 128], repeats=2, pool_bytes=1 << 20, device="cpu")
+    assert len(ffn.nbytes) == 2 and "on cpu" in ffn.method
+    assert cuda_bench.gpu_flops(256, 128, 16, 2, device="cpu") > 0
+
+
 @pytest.mark.skipif(not cuda_bench.cuda_available(), reason="no CUDA device")
 def test_cuda_measurements_on_the_gpu():
     sizes = cuda_bench.QUICK_TRANSFER_SIZES
