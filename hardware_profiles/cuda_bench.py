@@ -57,10 +57,10 @@ def time_transfers(direction: str, pinned: bool, sizes: Sequence[int], repeats: 
     top = max(sizes)
     host = torch.empty(top, dtype=torch.uint8, pin_memory=pinned)
     host.fill_(1)
-    memory = torch.empty(top, dtype=torch.uint8, device=device)
+    on_device = torch.empty(top, dtype=torch.uint8, device=device)
 
     def copy(nbytes: int) -> float:
-        src, dst = (host[:nbytes], memory[:nbytes]) if direction == "h2d" else (memory[:nbytes], host[:nbytes])
+        src, dst = (host[:nbytes], on_device[:nbytes]) if direction == "h2d" else (on_device[:nbytes], host[:nbytes])
         synchronize(device)
         t0 = time.perf_counter()
         dst.copy_(src, non_blocking=pinned)
@@ -68,12 +68,12 @@ def time_transfers(direction: str, pinned: bool, sizes: Sequence[int], repeats: 
         return time.perf_counter() - t0
 
     samples = transfer_samples(copy, sizes, repeats, tick)
-    del host, memory
+    host = on_device = None  # free both before the next measurement allocates its own
     _release(device)
-    memory = "pinned" if pinned else "pageable"
-    method = (f"torch copy_ {memory} host memory {'to' if direction == 'h2d' else 'from'} the GPU, wall clock to "
+    kind = "pinned" if pinned else "pageable"
+    method = (f"torch copy_ {kind} host memory {'to' if direction == 'h2d' else 'from'} the GPU, wall clock to "
               f"torch.cuda.synchronize(), sizes {sizes[0] >> 10} KiB..{sizes[-1] >> 20} MiB, mean of {repeats}")
-    return PathMeasurement.from_samples(f"{direction} {memory}", method, samples)
+    return PathMeasurement.from_samples(f"{direction} {kind}", method, samples)
 
 
 def _release(device) -> None:
