@@ -85,14 +85,15 @@ def cases(draw) -> Case:
 
 
 timings = st.builds(
-    lambda non_expert, expert, bandwidth, latency, engines: Timing(
-        StepCosts(non_expert_s=non_expert, expert_s=expert), LinkSpec(bandwidth, latency, engines)
+    lambda non_expert, expert, bandwidth, latency, engines, sharing: Timing(
+        StepCosts(non_expert_s=non_expert, expert_s=expert), LinkSpec(bandwidth, latency, engines, sharing=sharing)
     ),
     st.floats(0.0, 1e-3),
     st.floats(1e-7, 1e-3),
     st.floats(1e6, 1e11),
     st.floats(0.0, 1e-4),
     st.integers(1, 3),
+    st.sampled_from(["serial", "shared"]),
 )
 
 
@@ -178,3 +179,26 @@ def test_same_inputs_same_summary(case, policy, timing):
     second = replay(case.chunks(), case.cache(policy), timing)
     assert json.dumps(first.summary()) == json.dumps(second.summary())
     assert json.dumps(first.layer_table()) == json.dumps(second.layer_table())
+
+
+ONLINE = sorted(p for p in POLICIES if not ExpertCache(policy_class(p), 2, "layer", MoEModel(
+    "tiny", 1, 2, 1, 0, 16, 8, 2, 100)).offline)
+
+
+@SETTINGS
+@given(case=cases(), policy=st.sampled_from(ONLINE), timing=timings,
+       prefetcher=st.sampled_from(["oracle", "frequency", "transition"]), horizon=st.integers(1, 3))
+def test_prefetching_keeps_the_accounting(case, policy, timing, prefetcher, horizon):
+    """With a prefetcher contending for the link (serial or shared): counts add up, stall is never negative, time is
+    compute plus stall, and every byte on the link is a demand fetch or a prefetch of one whole expert."""
+    from policies.prefetchers import PREFETCHERS
+    from policies.registry import load_class
+
+    cls = load_class(prefetcher, PREFETCHERS, "prefetch")
+    m = replay(case.chunks(), case.cache(policy), timing, prefetcher=cls(case.model, horizon=horizon))
+    s = m.summary()
+    assert m.hits + m.misses == m.accesses == sum(accesses_by_layer(case))
+    assert m.stall_time_s >= 0 and all(x >= 0 for x in m.per_layer.stall_s)
+    assert math.isclose(m.total_time_s, m.compute_time_s + m.stall_time_s, rel_tol=1e-9, abs_tol=1e-15)
+    assert s["bytes_h2d"] == s["bytes_demand"] + s["bytes_prefetch"] == m.transfers_h2d * case.model.bytes_per_expert
+    assert 0 <= s["prefetch_useful"] + s["prefetch_late"] <= s["prefetch_issued"]
