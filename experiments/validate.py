@@ -45,7 +45,7 @@ from experiments.results import atomic_write_bytes
 from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
 from hardware_profiles.calibrate import cpu_name, write_profile
 from hardware_profiles.expert_ffn import PARAM_BYTES
-from hardware_profiles.fit import PathMeasurement
+from hardware_profiles.fit import MeasurementError, PathMeasurement
 from hardware_profiles.schema import ProfileFile
 from hardware_profiles.storage_bench import burst_samples
 from hardware_profiles.uncached_read import padded
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.json)
     try:
         results = run(args.trace or [DEFAULT_TRACE], settings, Path(args.store), out, runtime=args.runtime)
-    except InputError as err:
+    except (InputError, MeasurementError) as err:
         print(f"moe-validate: {err}", file=sys.stderr)
         sys.exit(2)
     atomic_write_bytes(out, json.dumps(results, indent=1).encode())

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class MeasurementError(ValueError):
+    """Timings that no latency + bytes / bandwidth line fits (a machine too busy to measure): one line, no traceback."""
+
+
 @dataclass(frozen=True)
 class PathFit:
     """latency_s + bytes / bandwidth_Bps, with how well it fits the points it came from."""
@@ -82,5 +86,9 @@ class PathMeasurement:
         sizes = sorted(samples)
         means = [float(np.mean(samples[s])) for s in sizes]
         cvs = [float(np.std(samples[s]) / np.mean(samples[s])) if len(samples[s]) > 1 else 0.0 for s in sizes]
-        return cls(path, method, tuple(sizes), tuple(means), tuple(cvs), min(len(samples[s]) for s in sizes),
-                   fit_latency_bandwidth(sizes, means))
+        try:
+            fit = fit_latency_bandwidth(sizes, means)
+        except ValueError as err:
+            raise MeasurementError(f"{path}: {err} (mean times {', '.join(f'{m * 1e6:.1f} us' for m in means)}); "
+                                   f"the machine was probably too busy: measure again") from None
+        return cls(path, method, tuple(sizes), tuple(means), tuple(cvs), min(len(samples[s]) for s in sizes), fit)

@@ -15,11 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hardware_profiles.aio import AsyncReader
+import numpy as np
+
+from hardware_profiles.aio import AsyncReader, aio_available
 from hardware_profiles.fit import PathMeasurement
-from hardware_profiles.uncached_read import BufferRing, UncachedReader, aligned_buffer, write_padded
+from hardware_profiles.uncached_read import O_DIRECT, BufferRing, UncachedReader, aligned_buffer, write_padded
 
 FILES_PER_SIZE = 4
+"""Files written per size; also the deepest burst of reads in flight that `StorageProbe.bursts` measures."""
+BURST_BYTES = 16 << 20
+"""Bursts read files of this size (or the largest below it): an expert's order of magnitude."""
 
 
 def mount_of(path: str | os.PathLike) -> str:
@@ -72,6 +77,23 @@ class StorageProbe:
             if tick:
                 tick()
         return samples
+
+    def bursts(self, repeats: int, seed: int = 0) -> tuple[PathMeasurement, float] | None:
+        """Reads in flight: bursts of 1 … FILES_PER_SIZE whole-file reads of the largest size up to BURST_BYTES,
+        submitted at once with Linux AIO (`burst_samples`), fitted; and the mean time at which the first read of a
+        full burst is seen complete, over the burst's time. None where reads cannot bypass the cache by O_DIRECT."""
+        if self.reader.method != O_DIRECT or not aio_available():
+            return None
+        size = max([s for s in self.sizes if s <= BURST_BYTES] or self.sizes[:1])
+        depths = sorted({1, 2, FILES_PER_SIZE})
+        firsts: list[tuple[int, float, float]] = []
+        ring = BufferRing(FILES_PER_SIZE, size)
+        with AsyncReader() as reader:
+            samples = burst_samples(reader, [self.files[size]], size, ring, depths, repeats, np.random.default_rng(seed),
+                                    firsts=firsts)
+        method = burst_method([self.files[size]], depths, repeats)
+        first = float(np.mean([f / last for k, f, last in firsts if k == FILES_PER_SIZE]))
+        return PathMeasurement.from_samples("storage bursts", method, samples), first
 
     def method(self, repeats: int) -> str:
         return (f"{self.reader.method} whole-file reads (open, read, close) into a huge-page buffer, one at a time, {FILES_PER_SIZE} files "
@@ -140,5 +162,5 @@ def burst_method(groups: Sequence[Sequence[Path]], bursts: Sequence[int], repeat
     files = sum(len(g) for g in groups)
     where = mount_of(groups[0][0]) if groups and groups[0] else "?"
     return (f"bursts of {list(bursts)} whole-file reads (files kept open, O_DIRECT Linux native AIO) submitted at once and "
-            f"polled until the last completes (timed from the submitting call), the files of a burst drawn from one of {len(groups)} groups "
+            f"polled until the last completes (timed from the submitting call), the files of a burst drawn from one of {len(groups)} group(s) "
             f"({files} files) on {where}, mean of {repeats}")

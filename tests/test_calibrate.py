@@ -131,6 +131,9 @@ def test_quick_calibration_writes_a_valid_cited_profile(quick_profile):
     assert "storage read" in stdout and "cpu expert FFN" in stdout and "DRAM copy" in stdout
     storage_text = doc["nvme"]["sources"]["bandwidth_Bps"] if "nvme" in doc else path.read_text()
     assert any(m in storage_text for m in ("O_DIRECT", "posix_fadvise", "NOT defeated"))
+    if "bursts of [1, 2, 4]" in storage_text:  # O_DIRECT AIO here: reads in flight were measured
+        assert profile.nvme.copy_engines == 4 and profile.nvme.sharing in ("serial", "shared")
+        assert "storage bursts" in stdout and "first of a burst" in stdout
     if not cuda_bench.cuda_available():
         assert stdout.startswith("moe-calibrate: no CUDA device")
         for section in ("gpu", "h2d", "d2h"):
@@ -150,7 +153,8 @@ def test_cuda_measurement_code_runs_on_the_cpu():
     """The GPU measurements' code, run on torch's CPU device: every call works and fits (the figures mean nothing
     here; pinned memory needs CUDA, so only pageable copies)."""
     pytest.importorskip("torch")
-    sizes = (cuda_bench.QUICK_TRANSFER_SIZES[0], cuda_bench.QUICK_TRANSFER_SIZES[-1])  # 256x apart: the fit's slope is positive
+    # 64 KiB and 256 MiB: a copy 4096x longer, so no scheduling hiccup on a loaded machine can invert the slope
+    sizes = (cuda_bench.TRANSFER_SIZES[0], cuda_bench.TRANSFER_SIZES[-2])
     for direction in ("h2d", "d2h"):
         m = cuda_bench.time_transfers(direction, False, sizes, repeats=2, device="cpu")
         assert m.nbytes == tuple(sizes) and m.fit.bandwidth_Bps > 0 and m.path == f"{direction} pageable"
@@ -173,3 +177,27 @@ def test_cuda_measurements_on_the_gpu():
     assert cuda_bench.gpu_flops(2048, 1408, 1024, 2) > 1e12
     name, memory = cuda_bench.gpu_identity()
     assert name and memory > 1 << 30
+
+
+def test_nvme_section_takes_reads_in_flight_and_the_nearer_wire_model():
+    from hardware_profiles.fit import PathMeasurement
+
+    mib = 1 << 20
+    single = PathMeasurement.from_samples("storage read", "one at a time", {s: [50e-6 + s / 4e9] for s in (mib, 16 * mib)})
+    burst = PathMeasurement.from_samples("storage bursts", "bursts", {k * 4 * mib: [k * 4 * mib / 3e9] for k in (1, 2, 4)})
+    alone = calibrate.nvme_section(single, None, "cite")
+    assert alone["copy_engines"] == 1 and "sharing" not in alone and alone["bandwidth_Bps"] == 4e9
+    shared = calibrate.nvme_section(single, (burst, 0.99), "cite")
+    assert shared["copy_engines"] == 4 and shared["sharing"] == "shared" and shared["bandwidth_Bps"] == 3e9
+    assert shared["latency_s"] == float(f"{single.fit.latency_s:.4g}")
+    assert calibrate.nvme_section(single, (burst, 0.3), "cite")["sharing"] == "serial"  # a serial wire: 25%
+
+
+def test_timings_no_line_fits_are_one_line():
+    from hardware_profiles.fit import MeasurementError
+
+    with pytest.raises(MeasurementError) as info:
+        PathMeasurement.from_samples("storage read", "made up", {1 << 10: [2e-3], 1 << 20: [1e-3]})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("storage read: time does not grow with size")
+    assert "2000.0 us, 1000.0 us" in message and "measure again" in message
