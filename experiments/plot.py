@@ -254,6 +254,7 @@ def locality_across_traces(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path]
 
 TIMELINE_COLOURS = {
     "non-expert": "#BBBBBB",
+    "issue prefetches": "#882255",
     "issue fetches": "#CC79A7",
     "resident experts": "#009E73",
     "fetched expert": "#E69F00",

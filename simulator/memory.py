@@ -33,8 +33,8 @@ class MemoryHierarchy:
         self.dram_hits = 0
         self.bytes_nvme = 0
         self.issue_s = 0.0
-        """Compute-stream time spent issuing the transfers of the last `demand` call (each link's `issue_s` per
-        transfer booked on it; a staged NVMe read is two transfers)."""
+        """Compute-stream time spent issuing the transfers of the last `demand` or `prefetch` call (each link's
+        `issue_s` per transfer booked on it; a staged NVMe read is two transfers)."""
         self._h2d_issue = h2d.spec.issue_s if h2d is not None else 0.0
         self._nvme_issue = nvme.spec.issue_s if nvme is not None else 0.0
         self._gds_issue = gds.spec.issue_s if gds is not None else 0.0
@@ -94,12 +94,16 @@ class MemoryHierarchy:
                 arrivals[i] = end
 
     def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:
-        """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first."""
+        """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first. Sets
+        `issue_s` to the compute stream's time to issue it, as `demand` does."""
         if self.in_dram(layer, expert):
+            self.issue_s = self._h2d_issue
             return self.h2d.prefetch(now, key, nbytes)
         self.bytes_nvme += nbytes
         if self.direct:
+            self.issue_s = self._gds_issue
             return self.gds.prefetch(now, key, nbytes)
+        self.issue_s = self._nvme_issue + self._h2d_issue
         return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key), key, nbytes)
 
     def links(self) -> list[Link]:

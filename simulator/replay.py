@@ -9,7 +9,8 @@ misses. In the timed replay one layer step is:
     misses: an expert whose prefetch is still on its way is a *late* prefetch and waits for the rest of it (a
             prefetch still queued is promoted to a demand fetch); any other miss is a demand fetch put on the
             link at t_router, ahead of queued prefetches
-    the GPU issues the step's demand fetches (each link's `issue_s` per transfer, counted as compute time)
+    the GPU issues the step's demand fetches, then its prefetches (each link's `issue_s` per transfer, counted as
+        compute time; a token's first prefetches are issued before its first step's non-expert work)
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
@@ -267,11 +268,12 @@ class _Replay:
 
     def _layer_step(self, layer: int, experts: list[int], weights: list[float] | None, token_start: bool) -> None:
         metrics, timing, cache = self.metrics, self.timing, self.cache
+        start_issue_s = 0.0  # issuing the token-start prefetches delays the first layer's work
         if token_start:
             view = self.view
             view.now_s = self.now
-            self._issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
-        t_router = self.now + timing.costs.non_expert_s if timing else 0.0
+            start_issue_s = self._issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
+        t_router = self.now + start_issue_s + timing.costs.non_expert_s if timing else 0.0
         if self.inflight:
             self._land(t_router, layer, experts)
         if weights is not None and cache.uses_gate_weights:
@@ -297,9 +299,9 @@ class _Replay:
             view.now_s = t_router
             view.layer, view.experts = layer, experts
             view.token_routing[layer] = experts
-            self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
+            issue_s += self._issue(self.prefetcher.after_router(view), t_router, layer, experts)
         if timing:
-            self._compute(layer, t_router, issue_s, (len(loaded) - len(misses)) * expert_s, arrivals)
+            self._compute(layer, t_router, issue_s, (len(loaded) - len(misses)) * expert_s, arrivals, start_issue_s)
 
     def _fetch(self, layer, misses, handled, experts, t_router, expert_s) -> tuple[list, int, float]:
         """Bring in every expert not resident at the router, in router order (the order they go on the link):
@@ -344,15 +346,19 @@ class _Replay:
                     issue_s = self.memory.issue_s
         return arrivals, demand_bytes, issue_s
 
-    def _compute(self, layer: int, t_router: float, issue_s: float, resident_s: float, arrivals: list) -> None:
-        """The GPU issues the step's demand fetches, computes the resident experts, then each arrival as it lands;
-        advances the clock to the end."""
+    def _compute(self, layer: int, t_router: float, issue_s: float, resident_s: float, arrivals: list,
+                 start_issue_s: float = 0.0) -> None:
+        """The GPU issues the step's demand fetches (and the prefetches asked for after the router), computes the
+        resident experts, then each arrival as it lands; advances the clock to the end. `start_issue_s`: time spent
+        issuing the token-start prefetches before the step's non-expert work."""
         metrics = self.metrics
         compute = issue_s + resident_s
         gpu = t_router + compute
         events = self.events
         if events is not None:
-            events.append(("gpu", self.now, t_router, layer, "non-expert"))
+            if start_issue_s:
+                events.append(("gpu", self.now, self.now + start_issue_s, layer, "issue prefetches"))
+            events.append(("gpu", self.now + start_issue_s, t_router, layer, "non-expert"))
             if issue_s:
                 events.append(("gpu", t_router, t_router + issue_s, layer, "issue fetches"))
             events.append(("gpu", t_router + issue_s, gpu, layer, "resident experts"))
@@ -365,7 +371,7 @@ class _Replay:
                 events.append(("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
             gpu += compute_s
             compute += compute_s
-        metrics.compute_time_s += self.timing.costs.non_expert_s + compute
+        metrics.compute_time_s += start_issue_s + self.timing.costs.non_expert_s + compute
         metrics.stall_time_s += stall
         metrics.per_layer.stall_s[layer] += stall
         self.now = gpu
@@ -431,8 +437,10 @@ class _Replay:
 
     # -- prefetch bookkeeping ------------------------------------------------------------------------------------
 
-    def _issue(self, requests, ready_s: float, step_layer: int, step_experts: list[int]) -> None:
-        """Queue the prefetcher's requests (priority order); without a clock they land at once."""
+    def _issue(self, requests, ready_s: float, step_layer: int, step_experts: list[int]) -> float:
+        """Queue the prefetcher's requests (priority order); without a clock they land at once. Returns the compute
+        stream's time to issue them (each link's `issue_s`, as for demand fetches)."""
+        issue_s = 0.0
         cache, per = self.cache, self.experts_per_layer
         requests = list(requests)
         cache.mark_prefetch_candidates(requests)
@@ -444,12 +452,14 @@ class _Replay:
             self.prefetch.issued += 1
             if self.timing:
                 transfer = self.memory.prefetch(layer, expert, key, self.expert_bytes, ready_s)
+                issue_s += self.memory.issue_s
                 self.inflight[key] = transfer
                 self.inflight_order.append(transfer)
             else:
                 self.memory.in_dram(layer, expert)
                 self.prefetch.bytes += self.expert_bytes
                 self._insert_prefetched(key, step_layer, step_experts)
+        return issue_s
 
     def _land(self, now: float, step_layer: int, step_experts: list[int]) -> None:
         """Insert every prefetch that has arrived by `now`, in arrival order."""

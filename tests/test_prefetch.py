@@ -232,3 +232,19 @@ def test_oracle_horizon_reaches_across_several_tokens():
     rows = [(0, t, l, [(t + l) % 4]) for t in range(6) for l in range(2)]
     m = hit_only(rows, OraclePrefetcher(model, horizon=5), capacity=4)
     assert m.misses == 0  # every step was prefetched before its router spoke
+
+
+def test_issuing_prefetches_costs_the_gpu_stream():
+    # As test_prefetch_that_arrives_in_time_is_a_useful_hit, with 0.125 s per transfer issued (latency still counted
+    # from the issue). Token start: (0,0) issued 0..0.125, arrives 2.25; router at 0.125 + 3 = 3.125: a hit. After
+    # it, (1,1) issued 3.125..3.25 (arrives 5.375); e0 computed to 3.75. Layer 1: router 6.75, a hit, ends 7.25.
+    model = toy_model(layers=2, top_k=1)
+    issuing = LinkSpec(bandwidth_Bps=12.0, latency_s=0.25, issue_s=0.125)
+    cache = ExpertCache(LRUCache, 2, "layer", model)
+    m = replay([chunk(TWO_TOKENS[:2])], cache, Timing(StepCosts(3.0, 0.5), issuing),
+               prefetcher=OraclePrefetcher(model, horizon=1), timeline=(0, 1))
+    assert m.total_time_s == 7.25 and m.compute_time_s == 7.25 and m.stall_time_s == 0.0
+    assert (m.hits, m.prefetch.useful) == (2, 2)
+    gpu = sorted(e for e in m.timeline if e[0] == "gpu")
+    assert gpu[:3] == [("gpu", 0.0, 0.125, 0, "issue prefetches"), ("gpu", 0.125, 3.125, 0, "non-expert"),
+                       ("gpu", 3.125, 3.25, 0, "issue fetches")]
