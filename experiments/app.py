@@ -90,8 +90,9 @@ def _run(cfg: DictConfig) -> None:
     try:
         run = RunConfig.from_hydra(cfg)
         job_dir = Path(HydraConfig.get().runtime.output_dir)
-        inputs = input_digests(OmegaConf.to_container(cfg, resolve=True))
-        if is_complete(job_dir, OmegaConf.to_container(cfg, resolve=True), inputs):
+        config = OmegaConf.to_container(cfg, resolve=True)
+        inputs = input_digests(config)
+        if is_complete(job_dir, config, inputs):
             print(f"skip {job_dir}: complete results of this config are there")
             return
         discard_results(job_dir)
@@ -105,7 +106,7 @@ def _run(cfg: DictConfig) -> None:
     summary = result.metrics.summary()
     document = {
         "metrics": summary,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "model": result.model.to_dict(),
         "hardware": result.hardware.name,
         "trace": {"path": str(result.trace.path), "provenance": result.trace.meta.provenance},

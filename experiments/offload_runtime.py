@@ -66,8 +66,6 @@ def synthetic_steps(model: MoEModel, tokens: int, seed: int = 0) -> list[Step]:
 class NumpyCompute:
     """The CPU as the processor: float32 numpy FFNs on one BLAS thread (the code `moe-calibrate` times)."""
 
-    param_bytes = PARAM_BYTES
-
     def __init__(self, model: MoEModel, seed: int = 0):
         rng = np.random.default_rng(seed + 1)
         hidden = model.hidden_size
@@ -133,7 +131,7 @@ class ExpertStore:
         return {"gpu_name": f"{cpu_name()}, 1 BLAS thread", "memory_bytes": memory,
                 "memory_text": "physical memory (sysconf); the runtime's slots use a small part",
                 "description": f"{cpu_name()} computing experts from DRAM as the 'GPU'; expert reads from storage as the 'h2d' link.",
-                "profile_name": "validate-cpu-as-gpu"}
+                "profile_name": "validate-cpu-as-gpu", "cpu_computes_experts": True}
 
     def path(self, layer: int, expert: int) -> Path:
         return self.directory / f"L{layer:03d}_E{expert:04d}.bin"

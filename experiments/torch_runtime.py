@@ -21,11 +21,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from experiments.offload_runtime import BASE_BLOCKS
 from hardware_profiles.cpu_bench import pool_samples
 from simulator.model import MoEModel
 
-BASE_BLOCKS = 8
-"""Distinct random weight blocks the store draws on, as `offload_runtime.BASE_BLOCKS`."""
 FFN_POOL_BYTES = 256 << 20
 """Cold-weight pool of the FFN probe: several times a GPU's L2 (50 MiB on an H100/H200)."""
 
@@ -78,7 +77,6 @@ class TorchCompute:
         import torch
 
         self.device, self.dtype = device, dtype_of(device)
-        self.param_bytes = param_bytes(device)
         gen = torch.Generator().manual_seed(seed + 1)
         hidden = model.hidden_size
         self.hidden, self.ffn_width = hidden, model.expert_intermediate_size
@@ -286,4 +284,4 @@ class HostExperts:
         what = "torch.cuda.get_device_properties(0).total_memory" if self.device.type == "cuda" else "a placeholder (code-path test)"
         return {"gpu_name": name, "memory_bytes": int(memory), "memory_text": what,
                 "description": f"{name} computing experts (torch); copies of the host-memory experts as the 'h2d' link.",
-                "profile_name": "validate-gpu"}
+                "profile_name": "validate-gpu", "cpu_computes_experts": False}

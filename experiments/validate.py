@@ -47,7 +47,7 @@ from hardware_profiles.calibrate import cpu_name, write_profile
 from hardware_profiles.expert_ffn import PARAM_BYTES
 from hardware_profiles.fit import MeasurementError, PathMeasurement
 from hardware_profiles.schema import ProfileFile
-from hardware_profiles.storage_bench import burst_samples
+from hardware_profiles.storage_bench import burst_samples, nearer_wire
 from hardware_profiles.uncached_read import padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
@@ -148,11 +148,9 @@ class Calibration:
     """In the probe bursts of top_k reads: mean time until the first read is seen complete, over the time until
     the last. A serial wire gives about (latency + one read) / (latency + top_k reads), a shared one 1."""
 
-    def sharing(self, nbytes: int, top_k: int) -> str:
-        """The wire model ("serial" or "shared", `LinkSpec.sharing`) whose first arrival is nearer the measured one."""
-        fit = self.storage.fit
-        serial = fit.seconds(nbytes) / fit.seconds(top_k * nbytes)
-        return "shared" if abs(self.first_arrival - 1.0) < abs(self.first_arrival - serial) else "serial"
+    def sharing(self, nbytes: int, top_k: int) -> tuple[str, float]:
+        """The wire model nearer the measured first arrival, and a serial wire's (`storage_bench.nearer_wire`)."""
+        return nearer_wire(self.storage.fit, nbytes, top_k, self.first_arrival)
 
     def kernel_overhead_s(self, nbytes: int) -> float:
         """The per-call overhead that makes the roofline's time for an expert of `nbytes` the in-loop `expert_s`
@@ -263,8 +261,7 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
     issue_text = (f"{cite}, time in the submitting call (iocb set-up and io_submit) of the same bursts, summed and "
                   f"divided by the reads submitted, {cal.issue_s * 1e6:.1f} us per read (spread over probes "
                   f"{cal.issue_spread:.0%}); the runtime's host thread spends it before computing a step's experts")
-    sharing = cal.sharing(nbytes, in_flight)
-    serial_first = fit_io.seconds(nbytes) / fit_io.seconds(in_flight * nbytes)
+    sharing, serial_first = cal.sharing(nbytes, in_flight)
     sharing_text = (f"{cite}, the same bursts of {in_flight} reads, waited in submission order: the first was seen "
                     f"complete at {cal.first_arrival:.0%} of the burst's time (mean); a serial wire would give "
                     f"{serial_first:.0%} by the fit, a shared one 100%: {sharing} is nearer")
@@ -285,7 +282,7 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
         "d2h": {**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
         "cpu": {"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
                 "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}
-                if roles["gpu_name"].startswith(cpu_name()) else
+                if roles["cpu_computes_experts"] else
                 {k: "Unused by the validation (no expert runs on the CPU); the gpu section's. " + v
                  for k, v in (("memory_bandwidth_Bps", ffn_text), ("flops", flops_text))}},
     }
@@ -426,7 +423,7 @@ def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, sca
         "non_expert_params_per_layer": [c.non_expert_params(model.bytes_per_expert) for c in cals],
         "expert_in_loop_s": [c.expert_s for c in cals],
         "first_arrival_fraction": [c.first_arrival for c in cals],
-        "link_sharing": [c.sharing(model.bytes_per_expert, model.top_k) for c in cals],
+        "link_sharing": [c.sharing(model.bytes_per_expert, model.top_k)[0] for c in cals],
         "kernel_overhead_s": [c.kernel_overhead_s(model.bytes_per_expert) for c in cals],
         "trace": part.name,
         "capacity": capacity,

@@ -216,8 +216,7 @@ def nvme_section(single: PathMeasurement, bursts: tuple[PathMeasurement, float] 
         }
     burst, first = bursts
     depth = max(burst.nbytes) // min(burst.nbytes)
-    serial = burst.fit.seconds(min(burst.nbytes)) / burst.fit.seconds(max(burst.nbytes))
-    sharing = "shared" if abs(first - 1.0) < abs(first - serial) else "serial"
+    sharing, serial = storage_bench.nearer_wire(burst.fit, min(burst.nbytes), depth, first)
     return {
         "bandwidth_Bps": float(f"{burst.fit.bandwidth_Bps:.4g}"),
         "latency_s": float(f"{single.fit.latency_s:.4g}"),

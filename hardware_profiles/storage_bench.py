@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware_profiles.aio import AsyncReader, aio_available
-from hardware_profiles.fit import PathMeasurement
+from hardware_profiles.fit import PathFit, PathMeasurement
 from hardware_profiles.uncached_read import O_DIRECT, BufferRing, UncachedReader, aligned_buffer, write_padded
 
 FILES_PER_SIZE = 4
@@ -113,13 +113,6 @@ class StorageProbe:
         self.close()
 
 
-def time_storage_reads(directory: str | os.PathLike, sizes: Sequence[int], repeats: int,
-                       tick: Callable[[], None] | None = None, method: str | None = None) -> PathMeasurement:
-    """One measurement with a `StorageProbe` made and removed for it."""
-    with StorageProbe(directory, sizes, method) as probe:
-        return probe.measure(repeats, tick)
-
-
 def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, ring: BufferRing,
                   bursts: Sequence[int], repeats: int, rng, submits: list[tuple[int, float]] | None = None,
                   firsts: list[tuple[int, float, float]] | None = None) -> dict[int, list[float]]:
@@ -156,6 +149,14 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
                 ring.give(buffer)
         samples[k * nbytes] = times
     return samples
+
+
+def nearer_wire(fit: PathFit, nbytes: int, depth: int, first: float) -> tuple[str, float]:
+    """The `LinkSpec.sharing` ("serial" or "shared") whose first arrival in a burst of `depth` reads of `nbytes` is
+    nearer `first`, the measured one as a fraction of the burst's time; and the serial wire's, by `fit` (a shared
+    wire's is 1)."""
+    serial = fit.seconds(nbytes) / fit.seconds(depth * nbytes)
+    return ("shared" if abs(first - 1.0) < abs(first - serial) else "serial"), serial
 
 
 def burst_method(groups: Sequence[Sequence[Path]], bursts: Sequence[int], repeats: int) -> str:

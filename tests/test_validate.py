@@ -100,7 +100,7 @@ def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():
     ffn = PathMeasurement.from_samples("ffn", "made up", {nbytes: [1e-4], 2 * nbytes: [2e-4]})
 
     def sharing(first: float) -> str:
-        return Calibration(storage, ffn, 1e-5, 0.0, 4e-5, 0.0, 1e-5, 0.0, first).sharing(nbytes, 6)
+        return Calibration(storage, ffn, 1e-5, 0.0, 4e-5, 0.0, 1e-5, 0.0, first).sharing(nbytes, 6)[0]
 
     assert sharing(1.0) == "shared" and sharing(0.7) == "shared"
     assert sharing(0.19) == "serial" and sharing(0.5) == "serial"
