@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_views, gated_ffn, random_block
-from hardware_profiles.aio import AsyncReader
-from hardware_profiles.calibrate import cpu_name
-from hardware_profiles.cpu_bench import CpuFfnProbe, cpu_flops
-from hardware_profiles.storage_bench import burst_method as storage_burst_method
-from hardware_profiles.uncached_read import BufferRing, padded, write_padded
+from hardware_profiles.calibration.expert_ffn import DTYPE, PARAM_BYTES, expert_views, gated_ffn, random_block
+from hardware_profiles.calibration.aio import AsyncReader
+from hardware_profiles.calibration.calibrate import cpu_name
+from hardware_profiles.calibration.cpu_bench import CpuFfnProbe, cpu_flops
+from hardware_profiles.calibration.storage_bench import burst_method as storage_burst_method
+from hardware_profiles.calibration.uncached_read import BufferRing, padded, write_padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
 from simulator.model import MoEModel

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from experiments.offload_runtime import BASE_BLOCKS
-from hardware_profiles.cpu_bench import pool_samples
+from hardware_profiles.calibration.cpu_bench import pool_samples
 from simulator.model import MoEModel
 
 FFN_POOL_BYTES = 256 << 20

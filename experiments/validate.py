@@ -43,12 +43,12 @@ from tqdm import tqdm
 from experiments.config import DEFAULT_TRACE
 from experiments.results import atomic_write_bytes
 from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
-from hardware_profiles.calibrate import cpu_name, write_profile
-from hardware_profiles.expert_ffn import PARAM_BYTES
-from hardware_profiles.fit import MeasurementError, PathMeasurement
+from hardware_profiles.calibration.calibrate import cpu_name, write_profile
+from hardware_profiles.calibration.expert_ffn import PARAM_BYTES
+from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
 from hardware_profiles.schema import ProfileFile
-from hardware_profiles.storage_bench import burst_samples, nearer_wire
-from hardware_profiles.uncached_read import padded
+from hardware_profiles.calibration.storage_bench import burst_samples, nearer_wire
+from hardware_profiles.calibration.uncached_read import padded
 from policies.lru import LRUCache
 from simulator.cache import ExpertCache
 from simulator.compute import step_costs

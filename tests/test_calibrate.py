@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from hardware_profiles import calibrate, cuda_bench
-from hardware_profiles.aio import AsyncReader, aio_available
-from hardware_profiles.fit import PathMeasurement, fit_latency_bandwidth
+from hardware_profiles.calibration import calibrate, cuda_bench
+from hardware_profiles.calibration.aio import AsyncReader, aio_available
+from hardware_profiles.calibration.fit import PathMeasurement, fit_latency_bandwidth
 from hardware_profiles.schema import ProfileFile, load_profile
-from hardware_profiles.uncached_read import ALIGN, FADVISE, O_DIRECT, PLAIN, UncachedReader, aligned_buffer, write_padded
+from hardware_profiles.calibration.uncached_read import ALIGN, FADVISE, O_DIRECT, PLAIN, UncachedReader, aligned_buffer, write_padded
 
 SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30]
 
@@ -112,7 +112,7 @@ def quick_profile(tmp_path_factory) -> tuple[Path, str]:
     """A --quick calibration of this machine (its printed output beside it)."""
     where = tmp_path_factory.mktemp("calibrate")
     out = where / "this_machine.yaml"
-    run = subprocess.run([sys.executable, "-c", "from hardware_profiles.calibrate import main; main()",
+    run = subprocess.run([sys.executable, "-c", "from hardware_profiles.calibration.calibrate import main; main()",
                           "--out", str(out), "--quick", "--storage-dir", str(where)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -180,7 +180,7 @@ def test_cuda_measurements_on_the_gpu():
 
 
 def test_nvme_section_takes_reads_in_flight_and_the_nearer_wire_model():
-    from hardware_profiles.fit import PathMeasurement
+    from hardware_profiles.calibration.fit import PathMeasurement
 
     mib = 1 << 20
     single = PathMeasurement.from_samples("storage read", "one at a time", {s: [50e-6 + s / 4e9] for s in (mib, 16 * mib)})
@@ -194,7 +194,7 @@ def test_nvme_section_takes_reads_in_flight_and_the_nearer_wire_model():
 
 
 def test_timings_no_line_fits_are_one_line():
-    from hardware_profiles.fit import MeasurementError
+    from hardware_profiles.calibration.fit import MeasurementError
 
     with pytest.raises(MeasurementError) as info:
         PathMeasurement.from_samples("storage read", "made up", {1 << 10: [2e-3], 1 << 20: [1e-3]})

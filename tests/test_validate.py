@@ -12,7 +12,7 @@ import pytest
 from experiments.config import DEFAULT_TRACE
 from experiments.offload_runtime import ExpertStore, OffloadRuntime
 from experiments.validate import CASE_KEYS, choose_scale, first_tokens, scaled_model
-from hardware_profiles.uncached_read import BufferRing
+from hardware_profiles.calibration.uncached_read import BufferRing
 from hardware_profiles.schema import load_profile
 from simulator.presets import get_preset
 
@@ -92,7 +92,7 @@ def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
 
 def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():
     from experiments.validate import Calibration
-    from hardware_profiles.fit import PathMeasurement
+    from hardware_profiles.calibration.fit import PathMeasurement
 
     nbytes = 1 << 20
     # Reads of 50 us + bytes / 4 GB/s: a serial wire delivers the first of 6 at (50 + 262) / (50 + 1573) = 19%.
@@ -108,9 +108,9 @@ def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():
 
 def test_probe_bursts_record_when_the_first_read_completes(tmp_path):
     import numpy as np
-    from hardware_profiles.aio import AsyncReader
-    from hardware_profiles.storage_bench import burst_samples
-    from hardware_profiles.uncached_read import write_padded
+    from hardware_profiles.calibration.aio import AsyncReader
+    from hardware_profiles.calibration.storage_bench import burst_samples
+    from hardware_profiles.calibration.uncached_read import write_padded
 
     files = [tmp_path / f"e{i}.bin" for i in range(4)]
     for f in files:

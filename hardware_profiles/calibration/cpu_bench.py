@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hardware_profiles.expert_ffn import DTYPE, PARAM_BYTES, expert_params, expert_views, gated_ffn, random_block
-from hardware_profiles.fit import PathMeasurement
-from hardware_profiles.uncached_read import huge_page_buffers
+from hardware_profiles.calibration.expert_ffn import DTYPE, PARAM_BYTES, expert_params, expert_views, gated_ffn, random_block
+from hardware_profiles.calibration.fit import PathMeasurement
+from hardware_profiles.calibration.uncached_read import huge_page_buffers
 
 FALLBACK_LLC_BYTES = 32 << 20
 

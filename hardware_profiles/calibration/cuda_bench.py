@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from hardware_profiles.fit import PathMeasurement
+from hardware_profiles.calibration.fit import PathMeasurement
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TRANSFER_SIZES = tuple(64 * KiB * 4**i for i in range(8))  # 64 KiB, 256 KiB, ..., 1 GiB

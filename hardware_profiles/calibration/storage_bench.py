@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware_profiles.aio import AsyncReader, aio_available
-from hardware_profiles.fit import PathFit, PathMeasurement
-from hardware_profiles.uncached_read import O_DIRECT, BufferRing, UncachedReader, aligned_buffer, write_padded
+from hardware_profiles.calibration.aio import AsyncReader, aio_available
+from hardware_profiles.calibration.fit import PathFit, PathMeasurement
+from hardware_profiles.calibration.uncached_read import O_DIRECT, BufferRing, UncachedReader, aligned_buffer, write_padded
 
 FILES_PER_SIZE = 4
 """Files written per size; also the deepest burst of reads in flight that `StorageProbe.bursts` measures."""
