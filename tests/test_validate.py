@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from experiments.config import DEFAULT_TRACE
-from experiments.offload_runtime import ExpertStore, OffloadRuntime
-from experiments.validate import CASE_KEYS, choose_scale, first_tokens, scaled_model
+from experiments.validation.offload_runtime import ExpertStore, OffloadRuntime
+from experiments.validation.validate import CASE_KEYS, choose_scale, first_tokens, scaled_model
 from hardware_profiles.calibration.uncached_read import BufferRing
 from hardware_profiles.schema import load_profile
 from simulator.presets import get_preset
 
-VALIDATE = [sys.executable, "-c", "from experiments.validate import main; main()"]
+VALIDATE = [sys.executable, "-c", "from experiments.validation.validate import main; main()"]
 
 
 def validate(*args, timeout=300):
@@ -91,7 +91,7 @@ def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
 
 
 def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():
-    from experiments.validate import Calibration
+    from experiments.validation.validate import Calibration
     from hardware_profiles.calibration.fit import PathMeasurement
 
     nbytes = 1 << 20
@@ -126,7 +126,7 @@ def test_probe_bursts_record_when_the_first_read_completes(tmp_path):
 
 def test_torch_runtime_copies_the_experts_and_counts_like_the_cache():
     torch = pytest.importorskip("torch")
-    from experiments.torch_runtime import HostExperts
+    from experiments.validation.torch_runtime import HostExperts
 
     part = first_tokens(DEFAULT_TRACE, 2)
     model = scaled_model(part.model, 256)  # float32 on the CPU

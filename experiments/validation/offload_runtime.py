@@ -16,7 +16,7 @@ polling for a read is the stall.
 
 The loop (`OffloadRuntime`) runs over a *tier pair*: what it needs of the slow tier, the fast tier and the processor
 is the small interface of `ExpertStore` (sources, a reader, `compute`). This module's store is the CPU machine
-above; `experiments.torch_runtime.HostExperts` is the same runtime on a GPU (experts in pinned host memory, GPU
+above; `experiments.validation.torch_runtime.HostExperts` is the same runtime on a GPU (experts in pinned host memory, GPU
 slots, host-to-device copies), so both are timed by the same code.
 """
 

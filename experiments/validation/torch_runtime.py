@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from experiments.offload_runtime import BASE_BLOCKS
+from experiments.validation.offload_runtime import BASE_BLOCKS
 from hardware_profiles.calibration.cpu_bench import pool_samples
 from simulator.model import MoEModel
 

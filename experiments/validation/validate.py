@@ -21,7 +21,7 @@ The model is the trace's, scaled to fit a disk budget: `expert_intermediate_size
 factor is printed and written into each case), weights float32 (param_bytes 4); shared experts are run on neither
 side. Nothing is fitted to the runtime's own totals. The profile averaged over the runs is written beside the JSON.
 
-`--runtime cuda` runs the same loop and probes on a GPU (`experiments.torch_runtime`): the experts in pinned host
+`--runtime cuda` runs the same loop and probes on a GPU (`experiments.validation.torch_runtime`): the experts in pinned host
 memory (bf16), GPU slots as the fast tier, host-to-device copies on one stream as the link, torch FFNs on the GPU.
 """
 
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from experiments.config import DEFAULT_TRACE
 from experiments.results import atomic_write_bytes
-from experiments.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
+from experiments.validation.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
 from hardware_profiles.calibration.calibrate import cpu_name, write_profile
 from hardware_profiles.calibration.expert_ffn import PARAM_BYTES
 from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
@@ -310,7 +310,7 @@ def make_store(runtime: str, base: MoEModel, needed_count: int, budget: int, sto
         model = scaled_model(base, scale)
         folder = store_root / f"{model.moe_layers}x{model.experts_per_layer}_h{model.hidden_size}_f{model.expert_intermediate_size}"
         return ExpertStore(folder, model, seed), scale
-    from experiments import torch_runtime
+    from experiments.validation import torch_runtime
 
     device = torch_runtime.torch_device("cuda" if runtime == "cuda" else "cpu")
     size = torch_runtime.param_bytes(device)
