@@ -24,7 +24,7 @@ from experiments.sweep import discard_results, input_digests, is_complete, regis
 from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
-from policies.registry import POLICIES, load_class
+from policies.registry import POLICIES
 from simulator.errors import InputError
 from simulator.presets import PRESETS
 
@@ -45,12 +45,12 @@ def class_node(entry: str, cls: type, skip: tuple[str, ...]) -> dict:
 def register_config_groups() -> None:
     cs = ConfigStore.instance()
     for name, entry in POLICIES.items():
-        cs.store(group="policy", name=name, node=class_node(entry, load_class(name, POLICIES, "policy"), ("capacity", "top_k")))
+        cs.store(group="policy", name=name, node=class_node(entry, POLICIES.load(name), ("capacity", "top_k")))
     for name, entry in PREFETCHERS.items():
-        node = {"_target_": None} if entry is None else class_node(entry, load_class(name, PREFETCHERS, "prefetch"), ("model",))
+        node = {"_target_": None} if entry is None else class_node(entry, PREFETCHERS.load(name), ("model",))
         cs.store(group="prefetch", name=name, node={**node, "train_trace": None})
     for name, entry in MISS_HANDLERS.items():
-        node = {"_target_": None} if entry is None else class_node(entry, load_class(name, MISS_HANDLERS, "miss"), ())
+        node = {"_target_": None} if entry is None else class_node(entry, MISS_HANDLERS.load(name), ())
         cs.store(group="miss", name=name, node=node)
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None, "kind": None})
     for name in PRESETS:

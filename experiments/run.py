@@ -11,19 +11,22 @@ import numpy as np
 
 from experiments.config import RunConfig
 from hardware_profiles.schema import load_profile
-from policies.base import CachePolicy
-from policies.miss_handling import MISS_HANDLERS, MissHandler
-from policies.prefetchers import PREFETCHERS, Prefetcher
-from policies.registry import POLICIES, load_class
+from policies.miss_handling import MISS_HANDLERS
+from policies.prefetchers import PREFETCHERS
+from policies.registry import POLICIES
 from simulator.cache import ExpertCache
+from simulator.cache_policy import CachePolicy
 from simulator.compute import miss_costs, step_costs
 from simulator.errors import InputError
 from simulator.hardware import HardwareProfile
 from simulator.link import Link
 from simulator.memory import MemoryHierarchy
 from simulator.metrics import Metrics
+from simulator.miss_handler import MissHandler
 from simulator.model import MoEModel
+from simulator.prefetcher import Prefetcher
 from simulator.presets import get_preset, with_dtype
+from simulator.registry import Registry
 from simulator.replay import Timing, replay
 from traces.format import TraceFile
 
@@ -57,10 +60,11 @@ def _shape(trace: TraceFile, run: RunConfig) -> MoEModel:
     return model
 
 
-def configured_class(spec: dict, kind: str, base: type, table: dict, seed: int, skip=()) -> functools.partial:
+def configured_class(spec: dict, base: type, registry: Registry, seed: int, skip=()) -> functools.partial:
     """`Class(**params)` minus its leading arguments, from a Hydra-style node {_target_: module.Class, **params}."""
+    kind = registry.kind
     params = {k: v for k, v in spec.items() if k != "_target_" and k not in skip}
-    cls = load_class(spec["_target_"], table, kind)
+    cls = registry.load(spec["_target_"])
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise InputError(f"{kind}._target_: {spec['_target_']!r} is not a {base.__name__} subclass")
     accepted = inspect.signature(cls).parameters
@@ -74,7 +78,7 @@ def configured_class(spec: dict, kind: str, base: type, table: dict, seed: int, 
 
 def policy_factory(spec: dict, seed: int, model: MoEModel) -> Callable[[int], CachePolicy]:
     """A `capacity -> CachePolicy` factory; a `top_k` parameter, if the class has one, comes from the model."""
-    factory = configured_class(spec, "policy", CachePolicy, POLICIES, seed)
+    factory = configured_class(spec, CachePolicy, POLICIES, seed)
     if "top_k" in inspect.signature(factory.func).parameters and "top_k" not in factory.keywords:
         factory = functools.partial(factory, top_k=model.top_k)
     return factory
@@ -85,7 +89,7 @@ def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | 
     if spec.get("_target_") is None:
         return None
     try:
-        handler = configured_class(spec, "miss", MissHandler, MISS_HANDLERS, seed)()
+        handler = configured_class(spec, MissHandler, MISS_HANDLERS, seed)()
     except (TypeError, ValueError) as err:
         raise InputError(f"miss: {err}") from None
     if handler.needs_weights and not trace.has_weights:
@@ -94,21 +98,20 @@ def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | 
 
 
 def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
-    """The configured prefetcher, trained on `prefetch.train_trace` if given and it learns (`fit`); None for
-    `prefetch=none`."""
+    """The configured prefetcher, told the trace's prediction columns (`bind_trace`) and trained on
+    `prefetch.train_trace` if given (`fit`, which learns nothing for most); None for `prefetch=none`."""
     if spec.get("_target_") is None:
         return None
     try:
-        prefetcher = configured_class(spec, "prefetch", Prefetcher, PREFETCHERS, seed, skip=("train_trace",))(model)
+        prefetcher = configured_class(spec, Prefetcher, PREFETCHERS, seed, skip=("train_trace",))(model)
     except (TypeError, ValueError) as err:
         raise InputError(f"prefetch: {err}") from None
-    if getattr(prefetcher, "column", "") is None:  # "the trace's only prediction column"
-        if len(trace.prediction_columns) != 1:
-            raise InputError(f"prefetch.column: {trace.path} has prediction columns {trace.prediction_columns}; name one")
-        prefetcher.column = trace.prediction_columns[0]
-        prefetcher.predictions = (prefetcher.column,)
+    try:
+        prefetcher.bind_trace(trace.prediction_columns)
+    except InputError as err:
+        raise InputError(f"{trace.path}: {err}") from None
     train = spec.get("train_trace")
-    if train and hasattr(prefetcher, "fit"):  # prefetchers that learn nothing ignore it (a sweep may set it for all)
+    if train and type(prefetcher).fit is not Prefetcher.fit:  # one that learns nothing ignores it (a sweep may set it for all)
         training = TraceFile(train)
         if training.meta.model.experts_per_layer != model.experts_per_layer or training.meta.model.moe_layers != model.moe_layers:
             raise InputError(f"prefetch.train_trace: {train} has another model shape than {trace.path}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class ARCCache(CachePolicy):

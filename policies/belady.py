@@ -9,7 +9,7 @@ import heapq
 
 import numpy as np
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 NEVER = np.iinfo(np.int64).max
 

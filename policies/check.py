@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class PolicyContractError(AssertionError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from typing import ClassVar
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class FineMoECache(CachePolicy):

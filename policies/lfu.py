@@ -6,7 +6,7 @@ Analysis paper's proposal). Without ageing, LFU pins yesterday's experts on MoE 
 
 from collections import OrderedDict
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class LFUCache(CachePolicy):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class CountBuckets:

@@ -2,7 +2,7 @@
 
 from collections import OrderedDict
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class LRUCache(CachePolicy):

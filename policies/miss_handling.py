@@ -1,35 +1,13 @@
-"""What to do with a missed expert besides loading it and waiting: a swappable choice made per missed expert.
-
-`decide(layer, expert, rank, weight, costs)` returns an action and, for a low-precision load, the fraction of the
-expert's bytes that cross the link:
-  load           fetch the expert and wait for it (the default; it enters the cache)
-  cpu            run it on the CPU where its weights live (Fiddler): exact, costs CPU time and an activation round trip;
-                 the expert does not enter the GPU cache
-  low-precision  fetch a lower-precision copy (HOBBIT): fewer bytes, changes the model's output; used for this step
-                 and not kept (HOBBIT keeps a mixed-precision cache; we do not model reloading a copy at full precision)
-  skip           do not compute it (AdapMoE's adaptive gating): changes the model's output
-An expert whose prefetch is already on its way is always waited for, never handed to the miss handler. The metrics
-count CPU runs and approximated accesses (low precision, skipped) apart, since the latter change model output.
+"""Miss handlers: Fiddler's CPU execution, HOBBIT's low-precision load, AdapMoE's skip. The interface and the
+actions are `simulator.miss_handler`'s; the metrics count CPU runs and approximated accesses (low precision, skipped)
+apart, since the latter change model output. HOBBIT keeps a mixed-precision cache; we do not model reloading a copy
+at full precision.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import ClassVar
-
-from simulator.compute import MissCosts
-
-LOAD, CPU, LOW_PRECISION, SKIP = "load", "cpu", "low-precision", "skip"
-
-
-class MissHandler(ABC):
-    name: ClassVar[str] = ""
-    needs_weights: ClassVar[bool] = False
-    """True if `decide` reads the gate weight (the trace must carry weights)."""
-
-    @abstractmethod
-    def decide(self, layer: int, expert: int, rank: int, weight: float | None, costs: MissCosts) -> tuple[str, float]:
-        """(action, byte fraction) for a missed expert of router rank `rank` (0 = highest)."""
+from simulator.miss_handler import CPU, LOAD, LOW_PRECISION, SKIP, MissHandler
+from simulator.registry import Registry
 
 
 class CPUExecution(MissHandler):
@@ -79,9 +57,9 @@ class SkipLowWeight(MissHandler):
         return (SKIP, 0.0) if rank > 0 and weight < self.threshold else (LOAD, 1.0)
 
 
-MISS_HANDLERS: dict[str, str | None] = {
+MISS_HANDLERS = Registry("miss", {
     "load": None,
     "cpu": "policies.miss_handling:CPUExecution",
     "low-precision": "policies.miss_handling:LowPrecisionLoad",
     "skip": "policies.miss_handling:SkipLowWeight",
-}
+})

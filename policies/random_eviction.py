@@ -2,7 +2,7 @@
 
 import random
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class RandomCache(CachePolicy):

@@ -1,16 +1,14 @@
-"""Policies by name. Entries are "module:Class" strings, imported only when asked for (as Gymnasium registers envs).
+"""Cache policies by name: the `policy` registry. Entries are "module:Class" strings, imported only when asked for.
 
-A user's policy needs no entry here: Hydra's `_target_` reaches any importable class. `register()` lets a library
-user give it a short name too.
+A user's policy needs no entry here: Hydra's `_target_` reaches any importable class. `register()` gives it a short
+name too.
 """
 
 from __future__ import annotations
 
-import importlib
+from simulator.registry import Registry
 
-from simulator.errors import InputError
-
-POLICIES: dict[str, str] = {
+POLICIES = Registry("policy", {
     "lru": "policies.lru:LRUCache",
     "lfu": "policies.lfu:LFUCache",
     "fifo": "policies.fifo:FIFOCache",
@@ -24,27 +22,11 @@ POLICIES: dict[str, str] = {
     "lfu-aging": "policies.lfu_aging:LFUAgingCache",
     "moe-infinity": "policies.moe_infinity:MoEInfinityCache",
     "finemoe": "policies.finemoe:FineMoECache",
-}
+})
 
-
-def register(name: str, entry_point: str) -> None:
-    """Make `entry_point` ("package.module:Class") available as `name`."""
-    POLICIES[name] = entry_point
+register = POLICIES.register
 
 
 def policy_class(name: str) -> type:
     """The cache policy class registered as `name`, or named by a "module:Class" / "module.Class" path."""
-    return load_class(name, POLICIES, "policy")
-
-
-def load_class(name: str, table: dict[str, str | None], kind: str) -> type:
-    """The class `table` registers as `name`, or named by a "module:Class" / "module.Class" path; `kind` names
-    the config key in errors."""
-    entry = table.get(name) or name
-    module_name, _, attr = entry.partition(":") if ":" in entry else entry.rpartition(".")
-    if not module_name or not attr:
-        raise InputError(f"{kind}: unknown {kind} {name!r} (known: {', '.join(sorted(table))})")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        raise InputError(f"{kind}: cannot import {entry!r} for {kind} {name!r} (known: {', '.join(sorted(table))})") from None
+    return POLICIES.load(name)

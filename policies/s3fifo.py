@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 MAX_USES = 3  # a 2-bit counter
 

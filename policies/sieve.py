@@ -11,7 +11,7 @@ and looks at them again next time round.
 
 from __future__ import annotations
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class SIEVECache(CachePolicy):

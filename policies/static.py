@@ -9,7 +9,7 @@ experts are on the GPU from the start, loaded before serving as Fiddler does (no
 
 from collections import Counter, OrderedDict
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 
 
 class StaticCache(CachePolicy):

@@ -1,8 +1,8 @@
 """The GPU's expert cache: policy instances arranged by scope, and the hit/miss judgement of one layer step.
 
 Scope `layer` gives every MoE layer its own policy of `capacity` slots over expert ids (or `capacity[layer]` slots,
-for per-layer sizing such as AdapMoE's); scope `global` gives one policy of `capacity` slots over keys
-layer·experts_per_layer + expert.
+for per-layer sizing such as AdapMoE's); scope `global` gives one policy of `capacity` slots over the model-wide keys
+(`MoEModel.key`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from policies.base import CachePolicy
+from simulator.cache_policy import CachePolicy
 from simulator.errors import InputError
 from simulator.model import MoEModel
 
@@ -49,23 +49,24 @@ class ExpertCache:
         self.capacities = capacities
         """Slots per policy instance: one per MoE layer (scope layer) or one in all (scope global)."""
         self.reset_per_sequence = reset_per_sequence
-        self._make_policy = make_policy
+        self.make_policy = make_policy
+        """`capacity -> CachePolicy`: builds each policy instance (again at a reset)."""
         self._futures: list[tuple[np.ndarray, np.ndarray]] | None = None  # per policy: (keys, their sequence ids)
         self.track_evictions = False
-        """When set (a prefetching replay), `evicted` collects model-wide keys (layer·experts_per_layer + expert)
-        evicted since the caller last cleared it."""
+        """When set (a prefetching replay), `evicted` collects model-wide keys (`MoEModel.key`) evicted since the
+        caller last cleared it."""
         self.evicted: list[int] = []
         self._empty()
 
     def _empty(self) -> None:
-        layers, experts = self.model.moe_layers, self.model.experts_per_layer
+        layers = self.model.moe_layers
         if self.scope == "layer":
-            self.policies = [self._make_policy(c) for c in self.capacities]
+            self.policies = [self.make_policy(c) for c in self.capacities]
             self.offsets = [0] * layers
-            self._evict_base = [layer * experts for layer in range(layers)]
+            self._evict_base = [self.model.key(layer, 0) for layer in range(layers)]
         else:
-            self.policies = [self._make_policy(self.capacities[0])] * layers
-            self.offsets = [layer * experts for layer in range(layers)]
+            self.policies = [self.make_policy(self.capacities[0])] * layers
+            self.offsets = [self.model.key(layer, 0) for layer in range(layers)]
             self._evict_base = [0] * layers
 
     @property
@@ -88,7 +89,7 @@ class ExpertCache:
                 keep = valid[rows]
                 futures.append((experts[rows][keep], sequences[rows][keep]))
         else:
-            keys = experts + (layers * self.model.experts_per_layer)[:, None]
+            keys = self.model.key(layers[:, None], experts)
             futures = [(keys[valid], sequences[valid])]
         self._futures = futures
         if not self.reset_per_sequence:
@@ -139,7 +140,7 @@ class ExpertCache:
 
     @property
     def uses_gate_weights(self) -> bool:
-        return getattr(self.policies[0], "uses_gate_weights", False)
+        return self.policies[0].uses_gate_weights
 
     def observe_gates(self, layer: int, experts: list[int], weights: list[float]) -> None:
         """Tell a policy that reads gate weights (FineMoE) the router's weights of this step, before the step."""
@@ -148,14 +149,14 @@ class ExpertCache:
             policy.observe_gate(offset + expert, weight)
 
     def mark_prefetch_candidates(self, pairs: list[tuple[int, int]]) -> None:
-        """Tell policies that protect prefetch candidates (MoE-Infinity) the prefetcher's latest (layer, expert)s."""
-        if not hasattr(self.policies[0], "prefetch_candidates"):
+        """Tell policies that read prefetch candidates (MoE-Infinity) the prefetcher's latest (layer, expert)s."""
+        if not self.policies[0].uses_prefetch_candidates:
             return
         if self.scope == "global":
-            self.policies[0].prefetch_candidates = {self.offsets[layer] + e for layer, e in pairs}
+            self.policies[0].observe_prefetch_candidates({self.offsets[layer] + e for layer, e in pairs})
         else:
             for layer, policy in enumerate(self.policies):
-                policy.prefetch_candidates = {e for l, e in pairs if l == layer}
+                policy.observe_prefetch_candidates({e for l, e in pairs if l == layer})
 
     def is_resident(self, layer: int, expert: int) -> bool:
         return self.offsets[layer] + expert in self.policies[layer].resident
@@ -163,8 +164,8 @@ class ExpertCache:
     def admit_prefetch(self, layer: int, expert: int, step_layer: int, step_experts: list[int],
                        requested: set[int] = frozenset()) -> bool:
         """Insert a prefetched expert through the policy, never evicting an expert of the step now running
-        (`step_layer`, `step_experts`) nor one the same prefetch request asked for (`requested`, model-wide keys
-        layer·experts_per_layer + expert); returns False, inserting nothing, when every resident expert is protected."""
+        (`step_layer`, `step_experts`) nor one the same prefetch request asked for (`requested`, model-wide keys);
+        returns False, inserting nothing, when every resident expert is protected."""
         policy = self.policies[layer]
         offset = self.offsets[layer]
         protected = set()
@@ -175,7 +176,7 @@ class ExpertCache:
             if self.scope == "global":
                 protected |= requested
             else:
-                base = layer * self.model.experts_per_layer
+                base = self.model.key(layer, 0)
                 protected.update(k - base for k in requested if base <= k < base + self.model.experts_per_layer)
         if len(policy) >= policy.capacity and all(key in protected for key in policy.resident):
             return False

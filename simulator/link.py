@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from simulator.hardware import LinkSpec
+from simulator.timeline import TimelineEvent
 
 
 @dataclass(eq=False)
@@ -45,8 +46,8 @@ class Link:
     def __init__(self, spec: LinkSpec, name: str = "h2d"):
         self.spec = spec
         self.name = name
-        self.log: list | None = None
-        """When a list, every transfer started is appended as (link, on wire, end, key, kind): a timeline window."""
+        self.log: list[TimelineEvent] | None = None
+        """When a list, every transfer started is appended to it (from the wire to the last byte): a timeline window."""
         self._engine_free = [0.0] * spec.copy_engines
         self._wire_free = 0.0
         self._queue: deque[Transfer] = deque()
@@ -118,7 +119,7 @@ class Link:
         self.bytes_demand += total
         self.busy_demand_s += total / bandwidth if bandwidth else math.inf
         if self.log is not None:
-            self.log.extend((self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
+            self.log.extend(TimelineEvent(self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
         return ends
 
     def _preempt(self, paused: Transfer, ready_s: float, nbytes: int, key: int) -> float:
@@ -135,7 +136,7 @@ class Link:
         self.bytes_demand += nbytes
         self.busy_demand_s += wire_s
         if self.log is not None:
-            self.log.append((self.name, takeover, end, key, "demand"))
+            self.log.append(TimelineEvent(self.name, takeover, end, key, "demand"))
         return end
 
     def prefetch(self, ready_s: float, key: int, nbytes: int) -> Transfer:
@@ -191,5 +192,5 @@ class Link:
             self.bytes_demand += nbytes
             self.busy_demand_s += wire_s
         if self.log is not None:
-            self.log.append((self.name, on_wire, end, key, "prefetch" if prefetch else "demand"))
+            self.log.append(TimelineEvent(self.name, on_wire, end, key, "prefetch" if prefetch else "demand"))
         return end

@@ -3,19 +3,23 @@
 A MoLE expert is a table with one row (its output vector, `lut_row_bytes`) per token id, so what a layer step needs
 is the rows (layer, expert, token id) of its routed experts. The cache stands in for the `ExpertCache` of the same
 configuration: per layer or model-wide as its scope, and in the same bytes, `capacity · bytes_per_expert` per
-instance, counted in rows. Eviction is LRU; a step's rows are never evicted to make room for each other (an
-expert's bytes hold 2 or 3 × its intermediate size in rows, and the budget is at least top_k experts).
+instance, counted in rows. Eviction is the expert cache's policy, which must be LRU (the only one checked for rows);
+a step's rows are never evicted to make room for each other (an expert's bytes hold 2 or 3 × its intermediate size
+in rows, and the budget is at least top_k experts).
 """
 
 from __future__ import annotations
 
-from policies.lru import LRUCache
 from simulator.cache import ExpertCache
+from simulator.errors import InputError
 
 
 class RowCache:
     def __init__(self, experts: ExpertCache):
+        if experts.policies[0].name != "lru":
+            raise InputError(f"policy: model.kind=mole caches table rows by LRU (policy=lru), not {experts.policies[0].name}")
         model = experts.model
+        self._make_policy = experts.make_policy
         self.rows = [c * model.bytes_per_expert // model.lut_row_bytes for c in experts.capacities]
         """Rows per LRU instance: one per MoE layer (scope layer) or one in all (scope global)."""
         self.per_layer = experts.scope == "layer"
@@ -25,7 +29,7 @@ class RowCache:
         self._empty()
 
     def _empty(self) -> None:
-        self.policies = [LRUCache(rows) for rows in self.rows]
+        self.policies = [self._make_policy(rows) for rows in self.rows]
 
     def start_sequence(self, sequence: int, first: bool) -> None:
         """Called by the replay as each sequence begins: empties the cache if it resets per sequence."""

@@ -15,9 +15,6 @@ from __future__ import annotations
 from simulator.cache import ExpertCache
 from simulator.link import Link, Transfer
 
-HOMES = ("dram", "nvme")
-PATHS = ("staged", "gds")
-
 
 class MemoryHierarchy:
     def __init__(self, h2d: Link | None, experts_per_layer: int, *, nvme: Link | None = None, gds: Link | None = None,
@@ -32,9 +29,6 @@ class MemoryHierarchy:
         self.dram_accesses = 0
         self.dram_hits = 0
         self.bytes_nvme = 0
-        self.issue_s = 0.0
-        """Compute-stream time spent issuing the transfers of the last `demand` or `prefetch` call (each link's
-        `issue_s` per transfer booked on it; a staged NVMe read is two transfers)."""
         self._h2d_issue = h2d.spec.issue_s if h2d is not None else 0.0
         self._nvme_issue = nvme.spec.issue_s if nvme is not None else 0.0
         self._gds_issue = gds.spec.issue_s if gds is not None else 0.0
@@ -53,15 +47,16 @@ class MemoryHierarchy:
         self.dram_hits += hit
         return hit
 
-    def demand(self, layer: int, fetches: list[tuple[int, int]], now: float) -> list[float]:
-        """Book demand fetches [(expert, bytes)] of one layer step ready at `now`; arrival times, in input order.
-        Sets `issue_s`, the compute stream's time to issue them."""
+    def demand(self, layer: int, fetches: list[tuple[int, int]], now: float) -> tuple[list[float], float]:
+        """Book demand fetches [(expert, bytes)] of one layer step ready at `now`. Returns their arrival times, in
+        input order, and the compute stream's time to issue them (each link's `issue_s` per transfer booked on it;
+        a staged NVMe read is two transfers)."""
         base = layer * self.experts_per_layer
         if not self.on_nvme:
             h2d = self.h2d
-            self.issue_s = len(fetches) * self._h2d_issue
-            return h2d.transfer_group(now, [(base + e, nbytes) for e, nbytes in fetches]) if h2d else [0.0] * len(fetches)
-        self.issue_s = 0.0
+            issue_s = len(fetches) * self._h2d_issue
+            return (h2d.transfer_group(now, [(base + e, nbytes) for e, nbytes in fetches]) if h2d else [0.0] * len(fetches)), issue_s
+        issue_s = 0.0
         arrivals = [0.0] * len(fetches)
         from_dram, from_nvme = [], []
         for i, (expert, nbytes) in enumerate(fetches):
@@ -71,19 +66,19 @@ class MemoryHierarchy:
                 from_nvme.append(i)
                 self.bytes_nvme += nbytes
         if self.h2d is None:
-            return arrivals
+            return arrivals, issue_s
         self._book(self.h2d, now, fetches, from_dram, base, arrivals)
-        self.issue_s += len(from_dram) * self._h2d_issue
+        issue_s += len(from_dram) * self._h2d_issue
         if self.direct:
             self._book(self.gds, now, fetches, from_nvme, base, arrivals)
-            self.issue_s += len(from_nvme) * self._gds_issue
+            issue_s += len(from_nvme) * self._gds_issue
         else:
             self._book(self.nvme, now, fetches, from_nvme, base, arrivals)
             for i in from_nvme:  # each staged read goes on to the GPU once it is in DRAM
                 expert, nbytes = fetches[i]
                 arrivals[i] = self.h2d.transfer(arrivals[i], nbytes, base + expert)
-            self.issue_s += len(from_nvme) * (self._nvme_issue + self._h2d_issue)
-        return arrivals
+            issue_s += len(from_nvme) * (self._nvme_issue + self._h2d_issue)
+        return arrivals, issue_s
 
     @staticmethod
     def _book(link: Link, now: float, fetches: list[tuple[int, int]], chosen: list[int], base: int, arrivals: list[float]) -> None:
@@ -93,18 +88,15 @@ class MemoryHierarchy:
             for i, end in zip(chosen, ends):
                 arrivals[i] = end
 
-    def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> Transfer:
-        """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first. Sets
-        `issue_s` to the compute stream's time to issue it, as `demand` does."""
+    def prefetch(self, layer: int, expert: int, key: int, nbytes: int, now: float) -> tuple[Transfer, float]:
+        """Queue a prefetch on the link that ends in GPU memory; an NVMe-resident expert is read first. Returns the
+        transfer and the compute stream's time to issue it, as `demand` does."""
         if self.in_dram(layer, expert):
-            self.issue_s = self._h2d_issue
-            return self.h2d.prefetch(now, key, nbytes)
+            return self.h2d.prefetch(now, key, nbytes), self._h2d_issue
         self.bytes_nvme += nbytes
         if self.direct:
-            self.issue_s = self._gds_issue
-            return self.gds.prefetch(now, key, nbytes)
-        self.issue_s = self._nvme_issue + self._h2d_issue
-        return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key), key, nbytes)
+            return self.gds.prefetch(now, key, nbytes), self._gds_issue
+        return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key), key, nbytes), self._nvme_issue + self._h2d_issue
 
     def links(self) -> list[Link]:
         return [link for link in (self.h2d, self.gds) if link is not None]

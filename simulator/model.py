@@ -50,6 +50,15 @@ class MoEModel:
     def total_experts(self) -> int:
         return self.moe_layers * self.experts_per_layer
 
+    def key(self, layer: int, expert: int) -> int:
+        """The model-wide key of an expert, layer · experts_per_layer + expert: a global cache's keys, the prefetch
+        bookkeeping's and the links' labels."""
+        return layer * self.experts_per_layer + expert
+
+    def expert_of(self, key: int) -> tuple[int, int]:
+        """(layer, expert) of a model-wide key."""
+        return divmod(key, self.experts_per_layer)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

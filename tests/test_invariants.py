@@ -192,9 +192,8 @@ def test_prefetching_keeps_the_accounting(case, policy, timing, prefetcher, hori
     """With a prefetcher contending for the link (serial or shared): counts add up, stall is never negative, time is
     compute plus stall, and every byte on the link is a demand fetch or a prefetch of one whole expert."""
     from policies.prefetchers import PREFETCHERS
-    from policies.registry import load_class
 
-    cls = load_class(prefetcher, PREFETCHERS, "prefetch")
+    cls = PREFETCHERS.load(prefetcher)
     m = replay(case.chunks(), case.cache(policy), timing, prefetcher=cls(case.model, horizon=horizon))
     s = m.summary()
     assert m.hits + m.misses == m.accesses == sum(accesses_by_layer(case))

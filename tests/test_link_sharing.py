@@ -62,7 +62,7 @@ def test_shared_nvme_reads_then_serial_h2d_copies():
     model = toy_model()
     h2d = Link(LinkSpec(bandwidth_Bps=24.0, latency_s=0.5))
     memory = MemoryHierarchy(h2d, model.experts_per_layer, nvme=Link(SHARED, "nvme"), home="nvme")
-    assert memory.demand(0, [(0, 24), (1, 24)], 0.0) == [5.75, 7.25]
+    assert memory.demand(0, [(0, 24), (1, 24)], 0.0) == ([5.75, 7.25], 0.0)
     assert memory.bytes_nvme == 48
 
 

@@ -209,13 +209,13 @@ def test_moe_infinity_matches_reference_description():
 
     assert cache().admit(d, [d]) == [a]
     moe = cache()
-    moe.prefetch_candidates = {a}
+    moe.observe_prefetch_candidates({a})
     assert moe.admit(d, [d]) == [b]
     moe = cache()
-    moe.prefetch_candidates = {a}
+    moe.observe_prefetch_candidates({a})
     assert moe.admit(d, [d, b]) == [c]  # b runs in this step
     moe = cache()
-    moe.prefetch_candidates = {a, b, c}
+    moe.observe_prefetch_candidates({a, b, c})
     assert moe.admit(d, [d]) == [a]  # nothing but candidates left: the highest count goes
     low = MoEInfinityCache(3, order="lowest")  # EfficientMoE's FindExpertEvict rule
     play(low, [a, b, c, a, a, b])
@@ -278,7 +278,7 @@ class GatedFineMoE(FineMoECache):
 
 def moe_infinity_with_candidates(capacity):
     moe = MoEInfinityCache(capacity)
-    moe.prefetch_candidates = set(range(0, 3 * capacity, 2))
+    moe.observe_prefetch_candidates(set(range(0, 3 * capacity, 2)))
     return moe
 
 

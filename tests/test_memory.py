@@ -68,7 +68,7 @@ def test_within_a_step_dram_fetches_go_before_nvme_fetches():
     dram = ExpertCache(LRUCache, 2, "global", model)
     dram.access(0, [1])
     memory = MemoryHierarchy(Link(H2D), 4, nvme=Link(NVME), dram_cache=dram, home="nvme")
-    assert memory.demand(0, [(0, 24), (1, 24)], 1.0) == [8.25, 3.25]
+    assert memory.demand(0, [(0, 24), (1, 24)], 1.0) == ([8.25, 3.25], 0.0)
 
 
 def test_a_c2c_link_is_a_fast_host_to_device_link():

@@ -79,10 +79,15 @@ def test_gate_weights_reach_a_policy_that_reads_them():
 
 def test_prefetch_candidates_reach_a_policy_that_protects_them():
     class CandidateSpy(LRUCache):
+        uses_prefetch_candidates = True
+
         def __init__(self, capacity):
             super().__init__(capacity)
             self.prefetch_candidates = set()
             self.history = []
+
+        def observe_prefetch_candidates(self, keys):
+            self.prefetch_candidates = keys
 
         def evict(self, protected):
             self.history.append(set(self.prefetch_candidates))

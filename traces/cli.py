@@ -15,12 +15,10 @@ from pathlib import Path
 from simulator.errors import InputError
 from simulator.presets import get_preset
 from traces import info as trace_info
-from traces.importers import long_format, moe_beyond, moe_infinity_eam, moe_lrc, vllm_jsonl
+from traces.importers import IMPORTERS
 from traces.prompts import load_prompts
 from traces.synth import SynthParams, write_synthetic
 
-IMPORTERS = {"moe-beyond": moe_beyond, "vllm-jsonl": vllm_jsonl, "moe-infinity-eam": moe_infinity_eam,
-             "moe-lrc": moe_lrc, "long": long_format}
 SYNTH_DEFAULT_MODEL = "deepseek-v2-lite"
 BAD_INPUT = 2
 
@@ -112,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _import(args) -> None:
-    importer = IMPORTERS[args.format]
+    importer = IMPORTERS.load(args.format)
     name = args.model or importer.DEFAULT_MODEL
     if name is None:
         raise InputError(f"arguments: --model is required for --format {args.format} (its files do not name the model)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from simulator.atomic_file import AtomicFile
 from simulator.errors import InputError, one_line
 from simulator.model import MoEModel
+from simulator.trace_rows import PHASES, TraceChunk
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"moe_offload_sim"
 PREDICTION_PREFIX = "pred_"
-PHASES = ("prefill", "decode")
 REQUIRED_COLUMNS = ("sequence", "token", "layer", "experts")
 
 
@@ -107,25 +107,6 @@ class TraceMeta:
         ).encode()
 
 
-@dataclass
-class TraceChunk:
-    """A run of consecutive trace rows as numpy arrays (the unit the replay consumes)."""
-
-    sequence: np.ndarray
-    token: np.ndarray
-    layer: np.ndarray
-    experts: np.ndarray
-    """[rows, top_k] int16, -1 where no expert was recorded."""
-    weights: np.ndarray | None = None
-    token_id: np.ndarray | None = None
-    phase: np.ndarray | None = None
-    """Codes into PHASES (0 prefill, 1 decode), or None."""
-    predictions: dict[str, list[list[int]]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.layer)
-
-
 def trace_schema(meta: TraceMeta, *, weights: bool, token_id: bool, phase: bool, predictions: list[str]) -> pa.Schema:
     k = meta.model.top_k
     fields = [
@@ -160,10 +141,8 @@ class TraceWriter:
         self.path = Path(path)
         self.meta = meta
         self.schema = trace_schema(meta, weights=weights, token_id=token_id, phase=phase, predictions=list(predictions))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._file = AtomicFile(self.path)
+        self._writer = pq.ParquetWriter(self._file.tmp, self.schema, compression="zstd")
         self.rows = 0
 
     def write(self, chunk: TraceChunk) -> None:
@@ -193,12 +172,11 @@ class TraceWriter:
 
     def close(self) -> None:
         self._writer.close()
-        os.chmod(self._tmp, 0o644)  # mkstemp makes files private; traces are for sharing
-        os.replace(self._tmp, self.path)
+        self._file.commit()
 
     def abort(self) -> None:
         self._writer.close()
-        Path(self._tmp).unlink(missing_ok=True)
+        self._file.abort()
 
     def __enter__(self) -> "TraceWriter":
         return self

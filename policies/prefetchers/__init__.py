@@ -1,8 +1,10 @@
-"""Prefetchers: which experts to load before the router asks. One interface (`Prefetcher`), registered by name."""
+"""Prefetchers: which experts to load before the router asks. One interface (`Prefetcher`, defined on the engine's
+floor in `simulator.prefetcher` and re-exported here), registered by name."""
 
-from policies.prefetchers.base import FutureAccessError, Prefetcher, PrefetchView
+from simulator.prefetcher import FutureAccessError, Prefetcher, PrefetchView
+from simulator.registry import Registry
 
-PREFETCHERS: dict[str, str | None] = {
+PREFETCHERS = Registry("prefetch", {
     "none": None,
     "oracle": "policies.prefetchers.oracle:OraclePrefetcher",
     "recorded": "policies.prefetchers.recorded:RecordedPrefetcher",
@@ -10,6 +12,6 @@ PREFETCHERS: dict[str, str | None] = {
     "transition": "policies.prefetchers.transition:TransitionPrefetcher",
     "eam": "policies.prefetchers.eam:EAMPrefetcher",
     "adaptive": "policies.prefetchers.adaptive:AdaptivePrefetcher",
-}
+})
 
 __all__ = ["PREFETCHERS", "FutureAccessError", "Prefetcher", "PrefetchView"]

@@ -13,7 +13,7 @@ states, which a routing trace does not carry.
 
 import math
 
-from policies.prefetchers.base import Prefetcher
+from simulator.prefetcher import Prefetcher
 from policies.prefetchers.transition import TransitionPrefetcher
 
 

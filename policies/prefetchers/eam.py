@@ -15,7 +15,7 @@ O(N·L·E).
 
 import numpy as np
 
-from policies.prefetchers.base import Prefetcher
+from simulator.prefetcher import Prefetcher
 
 
 class EAMPrefetcher(Prefetcher):

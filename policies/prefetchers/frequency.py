@@ -6,7 +6,7 @@ training trace with `fit()`. It knows nothing of the current token: the baseline
 
 import numpy as np
 
-from policies.prefetchers.base import Prefetcher
+from simulator.prefetcher import Prefetcher
 
 
 class FrequencyPrefetcher(Prefetcher):

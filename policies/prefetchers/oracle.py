@@ -4,7 +4,7 @@ It reads the future (`oracle = True`), so it is an upper bound for any prefetche
 system one could build.
 """
 
-from policies.prefetchers.base import Prefetcher
+from simulator.prefetcher import Prefetcher
 
 
 class OraclePrefetcher(Prefetcher):

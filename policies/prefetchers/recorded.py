@@ -6,7 +6,8 @@ as known from the token's start, as for a predictor that works from the token's 
 first `horizon` layers are requested, and after layer l's router, layers l+1..l+horizon (within the token).
 """
 
-from policies.prefetchers.base import Prefetcher
+from simulator.errors import InputError
+from simulator.prefetcher import Prefetcher
 
 
 class RecordedPrefetcher(Prefetcher):
@@ -14,9 +15,17 @@ class RecordedPrefetcher(Prefetcher):
 
     def __init__(self, model, column: str | None = None, horizon: int | None = None):
         self.column = column
-        """None means: the trace's only prediction column (the replay's edge fills it in)."""
+        """None means: the trace's only prediction column (chosen in `bind_trace`)."""
         self.horizon = horizon or model.moe_layers
         self.predictions = (column,) if column else ()
+
+    def bind_trace(self, columns):
+        if self.column is not None:
+            return
+        if len(columns) != 1:
+            raise InputError(f"prefetch.column: the trace has prediction columns {list(columns)}; name one")
+        self.column = columns[0]
+        self.predictions = (self.column,)
 
     def _layers(self, view, first: int):
         predicted = view.predictions[self.column]

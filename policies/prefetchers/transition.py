@@ -9,7 +9,7 @@ experts so far are requested.
 
 import numpy as np
 
-from policies.prefetchers.base import Prefetcher
+from simulator.prefetcher import Prefetcher
 
 
 class TransitionPrefetcher(Prefetcher):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.errors import InputError
+from simulator.registry import Registry
 from traces.format import TraceChunk, TraceMeta, TraceWriter
 
 ROW_GROUP_ROWS = 1 << 16
@@ -109,3 +110,14 @@ def write_chunks(path: str | Path, meta: TraceMeta, chunks: Iterable[TraceChunk]
             tokens += int((new_seq | (tok[1:] != tok[:-1])).sum())
             last = (chunk.sequence[-1], chunk.token[-1])
     return rows, sequences, tokens
+
+
+IMPORTERS = Registry("import format", {
+    "moe-beyond": "traces.importers.moe_beyond",
+    "vllm-jsonl": "traces.importers.vllm_jsonl",
+    "moe-infinity-eam": "traces.importers.moe_infinity_eam",
+    "moe-lrc": "traces.importers.moe_lrc",
+    "long": "traces.importers.long_format",
+})
+"""`moe-trace import --format NAME`: each entry is a module with `import_files(inputs, out, model)` and
+`DEFAULT_MODEL` (a preset name, or None where the files do not name the model)."""

@@ -11,18 +11,24 @@ token's routing, the trace's recorded predictor columns for the current token (a
 from the token's start), the cache and the link. `view.future()` is the one window onto routing not yet decided,
 and it is open only to prefetchers that declare `oracle = True` (upper bounds); anyone else reading it gets
 `FutureAccessError`, so a prefetcher that cheats by mistake fails loudly.
+
+Optional hooks, declared on `Prefetcher` with defaults that do nothing: `fit(chunks)` learns from a training trace
+(`prefetch.train_trace`) before the replay; `bind_trace(columns)` is told the replayed trace's prediction columns
+and settles `predictions`, the columns the replay must load for it. The interface lives on the ground floor
+(simulator/); `policies.prefetchers` re-exports it for plug-in authors.
 """
 
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from simulator.cache import ExpertCache
     from simulator.link import Link
     from simulator.model import MoEModel
+    from simulator.trace_rows import TraceChunk
 
 
 class FutureAccessError(RuntimeError):
@@ -69,8 +75,17 @@ class Prefetcher(ABC):
     name: ClassVar[str] = ""
     oracle: ClassVar[bool] = False
     """True only for upper-bound prefetchers that read future routing through `view.future()`."""
-    predictions: ClassVar[Sequence[str]] = ()
-    """Recorded prediction columns this prefetcher reads (the replay loads them from the trace)."""
+    predictions: Sequence[str] = ()
+    """Recorded prediction columns this prefetcher reads (the replay loads them from the trace); final after
+    `bind_trace`."""
+
+    def fit(self, chunks: Iterable["TraceChunk"]) -> None:
+        """Learn from a training trace's rows before the replay (`prefetch.train_trace`); by default learn nothing."""
+
+    def bind_trace(self, columns: Sequence[str]) -> None:
+        """Called once before the replay with the trace's prediction columns; a prefetcher that may choose among
+        them overrides this and sets `predictions` (by default they stay as they are, and the trace reader refuses
+        a column the trace lacks)."""
 
     def start_sequence(self) -> None:
         """A new sequence begins: forget per-sequence state (knowledge learned across sequences may stay)."""
