@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simulator.atomic_file import AtomicFile
 from simulator.errors import InputError
 from simulator.model import MoEModel
 from traces.format import TraceFile, read_metadata, validate_model_dict
@@ -97,15 +98,8 @@ def write_eam_collection(path: str | os.PathLike, eam: np.ndarray, model: MoEMod
         "layer": pa.array(np.tile(np.arange(L, dtype=np.int16), N)),
         "counts": pa.FixedSizeListArray.from_arrays(pa.array(eam.astype(np.int32).ravel()), E),
     }, schema=schema)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with AtomicFile(path) as f:
+        pq.write_table(table, f.tmp, compression="zstd")
 
 
 def load_eam_collection(path: str | os.PathLike, model: MoEModel | None = None) -> np.ndarray:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from simulator.atomic_file import atomic_write_bytes
 from traces.format import PHASES, TraceFile
 
 TOP_FRACTION = 0.25
@@ -155,18 +154,7 @@ def format_summary(info: dict) -> str:
 
 def write_json(info: dict, path: str | os.PathLike) -> None:
     """Write the summary as JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(info, indent=1) + "\n").encode())
 
 
 def _ranges(ids: list[int]) -> str:

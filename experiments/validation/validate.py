@@ -41,15 +41,15 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.config import DEFAULT_TRACE
-from experiments.results import atomic_write_bytes
 from experiments.validation.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
 from hardware_profiles.calibration.calibrate import cpu_name, write_profile
 from hardware_profiles.calibration.expert_ffn import PARAM_BYTES
 from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
-from hardware_profiles.schema import ProfileFile
 from hardware_profiles.calibration.storage_bench import burst_samples, nearer_wire
 from hardware_profiles.calibration.uncached_read import padded
+from hardware_profiles.schema import ProfileFile
 from policies.lru import LRUCache
+from simulator.atomic_file import atomic_write_bytes
 from simulator.cache import ExpertCache
 from simulator.compute import step_costs
 from simulator.errors import InputError

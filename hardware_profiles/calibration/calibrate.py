@@ -27,10 +27,10 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from experiments.results import atomic_write_bytes
 from hardware_profiles.calibration import cpu_bench, cuda_bench, storage_bench
 from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
 from hardware_profiles.schema import PROFILE_DIR, LinkFields, ProfileFile, _Loader, load_profile
+from simulator.atomic_file import atomic_write_bytes
 from simulator.errors import InputError
 from simulator.presets import PRESETS, get_preset
 
