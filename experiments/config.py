@@ -40,6 +40,13 @@ class CacheConfig(_Strict):
     capacity: int = Field(ge=1)
     scope: Literal["global", "layer"] = "layer"
     reset_per_sequence: bool = False
+    sizing: Literal["uniform", "adapmoe"] = "uniform"
+    """`uniform`: every layer `capacity` slots. `adapmoe`: a budget of slots shared among the layers by AdapMoE's
+    dynamic programming over per-layer LRU miss curves (policies.layer_sizing); scope `layer` only."""
+    budget: int | None = Field(default=None, ge=1)
+    """Total slots for `sizing=adapmoe`; None: capacity × MoE layers (the uniform cache's total)."""
+    sizing_trace: str | None = None
+    """The trace whose miss curves size the layers; None: the replayed trace itself (an offline allocation)."""
 
 
 class MemoryConfig(_Strict):

@@ -11,6 +11,7 @@ import numpy as np
 
 from experiments.config import RunConfig
 from hardware_profiles.schema import load_profile
+from policies.layer_sizing import layer_capacities, lru_miss_curves
 from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
@@ -37,6 +38,8 @@ class RunResult:
     model: MoEModel
     hardware: HardwareProfile
     trace: TraceFile
+    capacities: list[int]
+    """Slots per policy instance (one per MoE layer, or one for a global cache)."""
 
 
 def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
@@ -119,6 +122,32 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
     return prefetcher
 
 
+def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel) -> int | list[int]:
+    """`cache.capacity`, or with `cache.sizing=adapmoe` each layer's share of the budget, chosen by AdapMoE's DP over
+    the per-layer LRU miss curves of `cache.sizing_trace` (default: the replayed trace)."""
+    c = run.cache
+    if c.sizing == "uniform":
+        if c.budget is not None or c.sizing_trace is not None:
+            raise InputError("cache.budget / cache.sizing_trace: they size layers for cache.sizing=adapmoe, not uniform")
+        return c.capacity
+    if c.scope != "layer":
+        raise InputError(f"cache.sizing=adapmoe: sizes each layer's cache; needs cache.scope=layer, not {c.scope}")
+    budget = c.budget if c.budget is not None else c.capacity * model.moe_layers
+    least, most = model.top_k * model.moe_layers, model.total_experts
+    if not least <= budget <= most:
+        raise InputError(f"cache.budget: {budget} is outside {least}..{most} (top_k={model.top_k} to all "
+                         f"{model.experts_per_layer} experts in each of {model.moe_layers} layers)")
+    source = TraceFile(c.sizing_trace) if c.sizing_trace else trace
+    shape = source.meta.model
+    if (shape.moe_layers, shape.experts_per_layer) != (model.moe_layers, model.experts_per_layer):
+        raise InputError(f"cache.sizing_trace: {source.path} has another model shape than {trace.path}")
+    chunks = list(source.chunks())
+    layers = np.concatenate([ch.layer for ch in chunks]) if chunks else np.zeros(0, dtype=np.int16)
+    experts = np.concatenate([ch.experts for ch in chunks]) if chunks else np.zeros((0, model.top_k), dtype=np.int16)
+    curves = lru_miss_curves(layers, experts, model)
+    return layer_capacities(curves, budget, model.top_k, model.experts_per_layer)
+
+
 def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> MemoryHierarchy:
     """The tiers behind the GPU, with links only in a timed replay."""
     mem = run.memory
@@ -156,7 +185,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     hardware = load_profile(run.hardware.profile)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
-        run.cache.capacity,
+        cache_capacity(run, trace, model),
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
@@ -189,4 +218,4 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         timeline=tuple(run.replay.timeline) if run.replay.timeline else None,
         progress=progress.update if progress is not None else None,
     )
-    return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace)
+    return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities))

@@ -1,13 +1,17 @@
-"""Check a cache policy against the contract the replay relies on, and say in plain words what it gets wrong.
+"""Check a plug-in against the contract the replay relies on, and say in plain words what it gets wrong.
 
 Run it on your own class before replaying a trace with it (as Gymnasium's `check_env` does for environments):
 
-    from policies.check import check_policy
+    from policies.check import check_policy, check_prefetcher, check_miss_handler
     check_policy(MyCache, capacity=8)
+    check_prefetcher(MyPrefetcher)          # called with the model, as the replay builds it
+    check_miss_handler(MyHandler)
 
-It plays a seeded random stream of layer steps (up to `step_size` distinct keys each) through the policy exactly as
-`ExpertCache.access` does, keeps its own record of what must be resident, and raises `PolicyContractError` at the
-first broken promise.
+`check_policy` plays a seeded random stream of layer steps (up to `step_size` distinct keys each) through the policy
+exactly as `ExpertCache.access` does, keeps its own record of what must be resident, and raises
+`PolicyContractError` at the first broken promise. `check_prefetcher` replays a seeded random trace with the
+prefetcher, timed and untimed, and checks what it asks for; `check_miss_handler` asks the handler about random misses
+and replays a trace with it. Both raise `PolicyContractError` too.
 """
 
 from __future__ import annotations
@@ -16,11 +20,27 @@ from collections.abc import Callable
 
 import numpy as np
 
+from policies.lru import LRUCache
+from simulator.cache import ExpertCache
 from simulator.cache_policy import CachePolicy
+from simulator.compute import MissCosts, StepCosts
+from simulator.hardware import LinkSpec
+from simulator.miss_handler import ACTIONS, LOW_PRECISION, MissHandler
+from simulator.model import MoEModel
+from simulator.prefetcher import FutureAccessError, Prefetcher
+from simulator.replay import Timing, replay
+from simulator.trace_rows import TraceChunk
+
+CHECK_MODEL = MoEModel("contract-check", moe_layers=4, experts_per_layer=8, top_k=2, shared_experts=0, hidden_size=4,
+                       expert_intermediate_size=4, param_bytes=2.0, non_expert_params_per_layer=16)
+"""The small model the prefetcher and miss-handler checks replay (96 bytes per expert)."""
+CHECK_COLUMN = "checker"
+"""The prediction column the checks' trace offers (a prefetcher that reads recorded predictions is bound to it)."""
+_TIMING = Timing(StepCosts(non_expert_s=1e-4, expert_s=5e-5), LinkSpec(bandwidth_Bps=1e6, latency_s=1e-5))
 
 
 class PolicyContractError(AssertionError):
-    """A cache policy broke the contract of `CachePolicy`; the message says where and how."""
+    """A plug-in broke the contract of its interface; the message says where and how."""
 
 
 def check_policy(
@@ -203,3 +223,140 @@ def _call(method, where, name, *args):
 
 def _outcome(entry) -> str:
     return "hit" if entry[2] is None else f"miss evicting {list(entry[2])}"
+
+
+def random_trace(model: MoEModel, sequences: int, tokens: int, seed: int, *, columns=(), weights: bool = False) -> TraceChunk:
+    """Seeded random routing for `model` (skewed, so that caches hit and miss), with random gate weights and random
+    recorded predictions under each name of `columns` if asked."""
+    rng = np.random.default_rng(seed)
+    rows = sequences * tokens * model.moe_layers
+    popularity = 1.0 / np.arange(1, model.experts_per_layer + 1)
+    popularity /= popularity.sum()
+    experts = np.array([rng.choice(model.experts_per_layer, model.top_k, replace=False, p=popularity) for _ in range(rows)],
+                       dtype=np.int16)
+    gates = rng.random((rows, model.top_k)).astype(np.float32) if weights else None
+    return TraceChunk(
+        sequence=np.repeat(np.arange(sequences, dtype=np.int32), tokens * model.moe_layers),
+        token=np.tile(np.repeat(np.arange(tokens, dtype=np.int32), model.moe_layers), sequences),
+        layer=np.tile(np.arange(model.moe_layers, dtype=np.int16), sequences * tokens),
+        experts=experts,
+        weights=gates,
+        predictions={name: rng.integers(0, model.experts_per_layer, (rows, model.top_k)).tolist() for name in columns},
+    )
+
+
+def check_prefetcher(factory: Callable[[MoEModel], Prefetcher], *, model: MoEModel = CHECK_MODEL, seed: int = 0) -> None:
+    """Replay a seeded random trace with fresh prefetchers from `factory(model)` and raise `PolicyContractError` on
+    any contract violation.
+
+    Checked: the factory builds a `Prefetcher`; `bind_trace` accepts a trace whose one prediction column is
+    `CHECK_COLUMN` and leaves `predictions` naming only columns the trace has; `fit` accepts a training trace;
+    `at_token_start` and `after_router` return (layer, expert) pairs of ints within the model; a prefetcher that does
+    not declare `oracle = True` never reads `view.future()`; two fresh instances given the same trace ask for the same
+    experts, untimed and timed.
+    """
+    logs = []
+    for timing in (None, _TIMING, None, _TIMING):
+        prefetcher = _build(factory, model)
+        if not isinstance(prefetcher, Prefetcher):
+            raise PolicyContractError(f"the factory built a {type(prefetcher).__name__}; subclass simulator.prefetcher.Prefetcher")
+        _call(prefetcher.bind_trace, "bind_trace", "bind_trace", [CHECK_COLUMN])
+        unknown = [name for name in prefetcher.predictions if name != CHECK_COLUMN]
+        if unknown:
+            raise PolicyContractError(f"after bind_trace({[CHECK_COLUMN]!r}) the prefetcher reads prediction columns "
+                                      f"{unknown} that the trace does not have")
+        columns = tuple(prefetcher.predictions)
+        _call(prefetcher.fit, "fit", "fit", [random_trace(model, 2, 6, seed + 1, columns=columns)])
+        log: list = []
+        _record_requests(prefetcher, model, log)
+        cache = ExpertCache(LRUCache, model.top_k + 1, "layer", model)
+        try:
+            replay([random_trace(model, 3, 12, seed, columns=columns)], cache, timing, prefetcher=prefetcher)
+        except FutureAccessError:
+            raise PolicyContractError("the prefetcher read view.future() but does not declare oracle = True; only "
+                                      "upper-bound prefetchers may see routing that has not happened") from None
+        logs.append(log)
+    for first, second, mode in ((logs[0], logs[2], "untimed"), (logs[1], logs[3], "timed")):
+        for a, b in zip(first, second):
+            if a != b:
+                raise PolicyContractError(f"not deterministic ({mode}): two fresh instances given the same trace asked "
+                                          f"differently at {a[0]}: {list(a[1])} then {list(b[1])}. Seed any randomness.")
+        if len(first) != len(second):
+            raise PolicyContractError(f"not deterministic ({mode}): two fresh instances were asked a different number of times")
+
+
+def _build(factory, *args):
+    try:
+        return factory(*args)
+    except Exception as err:
+        raise PolicyContractError(f"constructing the plug-in raised {err!r}") from err
+
+
+def _record_requests(prefetcher: Prefetcher, model: MoEModel, log: list) -> None:
+    """Wrap the instance's two prefetch points to check and log what they return."""
+
+    def checked(point):
+        inner = getattr(prefetcher, point)
+
+        def ask(view):
+            where = f"{point} at sequence {view.sequence}, token {view.position}, layer {view.layer}"
+            pairs = inner(view)
+            pairs = list(pairs) if pairs is not None else None
+            if pairs is None:
+                raise PolicyContractError(f"{where} returned None; return a sequence of (layer, expert) pairs, () for none")
+            for pair in pairs:
+                if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(v, int | np.integer) for v in pair)):
+                    raise PolicyContractError(f"{where} returned {pair!r}; each request is a (layer, expert) pair of ints")
+                layer, expert = pair
+                if not (0 <= layer < model.moe_layers and 0 <= expert < model.experts_per_layer):
+                    raise PolicyContractError(f"{where} asked for (layer {layer}, expert {expert}), outside the model's "
+                                              f"{model.moe_layers} layers × {model.experts_per_layer} experts")
+            log.append((where, [tuple(int(v) for v in pair) for pair in pairs]))
+            return pairs
+
+        return ask
+
+    prefetcher.at_token_start = checked("at_token_start")
+    prefetcher.after_router = checked("after_router")
+
+
+def check_miss_handler(factory: Callable[[], MissHandler], *, model: MoEModel = CHECK_MODEL, seed: int = 0) -> None:
+    """Ask fresh handlers from `factory()` about seeded random misses, replay a trace with one, and raise
+    `PolicyContractError` on any contract violation.
+
+    Checked: the factory builds a `MissHandler`; `decide` returns (action, fraction) with an action of
+    simulator.miss_handler.ACTIONS and a fraction in [0, 1] (in (0, 1] for a low-precision load); it accepts a weight
+    of None unless it declares `needs_weights`; two fresh instances decide alike; a timed and an untimed replay with
+    it run to the end.
+    """
+    rng = np.random.default_rng(seed)
+    costs = [MissCosts(transfer_s=float(t), cpu_expert_s=float(c), activation_round_trip_s=float(a))
+             for t, c, a in rng.random((8, 3)) * 1e-3]
+    first, second = _build(factory), _build(factory)
+    for handler in (first, second):
+        if not isinstance(handler, MissHandler):
+            raise PolicyContractError(f"the factory built a {type(handler).__name__}; subclass simulator.miss_handler.MissHandler")
+    for i in range(200):
+        layer, expert, rank = int(rng.integers(model.moe_layers)), int(rng.integers(model.experts_per_layer)), int(rng.integers(model.top_k))
+        weight = float(rng.random()) if first.needs_weights or i % 2 else None
+        cost = costs[i % len(costs)]
+        where = f"decide(layer={layer}, expert={expert}, rank={rank}, weight={weight}, costs={cost})"
+        answer = _call(first.decide, where, "decide", layer, expert, rank, weight, cost)
+        if not (isinstance(answer, tuple) and len(answer) == 2):
+            raise PolicyContractError(f"{where} returned {answer!r}; return (action, byte fraction)")
+        action, fraction = answer
+        if action not in ACTIONS:
+            raise PolicyContractError(f"{where} returned action {action!r}; known actions: {', '.join(ACTIONS)}")
+        if not (0.0 <= fraction <= 1.0) or (action == LOW_PRECISION and fraction == 0.0):
+            raise PolicyContractError(f"{where} returned byte fraction {fraction!r}; it is within [0, 1], and above 0 "
+                                      "for a low-precision load")
+        again = _call(second.decide, where, "decide", layer, expert, rank, weight, cost)
+        if again != answer:
+            raise PolicyContractError(f"not deterministic: {where} gave {answer!r}, then {again!r} from a fresh instance")
+    for timing in (None, _TIMING):
+        cache = ExpertCache(LRUCache, model.top_k, "layer", model)
+        trace = random_trace(model, 2, 10, seed, weights=first.needs_weights)
+        handler = _build(factory)
+        _call(lambda: replay([trace], cache, timing, miss_handler=handler, miss_costs=costs[0]),
+              "replaying a trace with the handler", "replay")
+

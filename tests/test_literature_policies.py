@@ -379,3 +379,29 @@ def test_sized_caches_replay():
     sized = replay([trace], ExpertCache(LRUCache, sizes, "layer", model)).hits
     even = replay([trace], ExpertCache(LRUCache, 4, "layer", model)).hits
     assert sized >= even
+
+
+def test_adapmoe_sizing_from_the_config_never_misses_more_than_uniform(tmp_path):
+    """`cache.sizing=adapmoe` shares capacity × layers slots by the DP over the replayed trace's exact LRU curves,
+    so the uniform split is one of the allocations it chose among: it misses no more than uniform LRU does, with no
+    more slots in all, and every layer keeps at least top_k."""
+    from experiments.config import CacheConfig, HardwareConfig, ModelConfig, ReplayConfig, RunConfig, TraceConfig
+    from experiments.run import simulate
+    from simulator.presets import get_preset
+    from traces.synth import SynthParams, write_synthetic
+
+    path = tmp_path / "t.parquet"
+    write_synthetic(path, get_preset("mixtral-8x7b"), SynthParams(sequences=2, tokens_per_sequence=60, seed=5))
+
+    def run(**cache):
+        return simulate(RunConfig(trace=TraceConfig(path=str(path)), model=ModelConfig(), hardware=HardwareConfig(profile="rtx4090_pcie4"),
+                                  policy={"_target_": "policies.lru.LRUCache"}, cache=CacheConfig(**cache),
+                                  replay=ReplayConfig(timed=False, progress=False)))
+
+    uniform = run(capacity=3)
+    sized = run(capacity=3, sizing="adapmoe")
+    assert sum(sized.capacities) <= 3 * 32 and min(sized.capacities) >= 2
+    assert sized.metrics.misses <= uniform.metrics.misses
+    assert sized.capacities != uniform.capacities  # the synthetic layers differ, so the DP moves slots
+    budget = run(capacity=3, sizing="adapmoe", budget=80)
+    assert sum(budget.capacities) <= 80 and budget.metrics.misses >= sized.metrics.misses
