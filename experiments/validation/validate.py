@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,8 @@ from tqdm import tqdm
 
 from experiments.config import DEFAULT_TRACE
 from experiments.validation.offload_runtime import ExpertStore, OffloadRuntime, RuntimeResult, Step, synthetic_steps
-from hardware_profiles.calibration.calibrate import cpu_name, write_profile
+from hardware_profiles.calibration.calibrate import cpu_name
+from hardware_profiles.calibration.document import citation, profile_document, write_profile
 from hardware_profiles.calibration.expert_ffn import PARAM_BYTES
 from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
 from hardware_profiles.calibration.storage_bench import burst_samples, nearer_wire
@@ -246,10 +245,12 @@ class MachineProbe:
         self.reader.close()
 
 
-def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: int, in_flight: int, roles: dict) -> dict:
-    """The calibration as a profile (the processor that computes the experts as the GPU, the slow tier's reads or
-    copies as the link; `roles` names them, from the store), every number cited."""
-    cite = f"measured by moe-validate on {socket.gethostname()} {date.today().isoformat()}"
+def validation_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: int, in_flight: int,
+                        roles: dict) -> tuple[dict, list[str]]:
+    """The calibration as a profile document (`document.profile_document`: the processor that computes the experts
+    as the GPU, the slow tier's reads or copies as the link; `roles` names them, from the store), every number
+    cited, and the comment lines that go above it."""
+    cite = citation("moe-validate")
     storage, ffn = cal.storage, cal.ffn
     fit_ffn, fit_io = ffn.fit, storage.fit
     overhead_text = (f"{cite}, one expert FFN as the runtime runs it, {cal.expert_s * 1e6:.1f} us (its step code on synthetic "
@@ -270,22 +271,21 @@ def profile_document(cal: Calibration, nbytes: int, flops: float, flops_tokens: 
             "sources": {"bandwidth_Bps": io_text + " (inverse slope)", "latency_s": io_text + " (intercept)",
                         "copy_engines": "The runtime submits a layer step's reads (at most top_k) at once.",
                         "issue_s": issue_text, "sharing": sharing_text}}
-    return {
-        "name": roles["profile_name"],
-        "description": roles["description"],
-        "gpu": {"name": roles["gpu_name"], "memory_bytes": roles["memory_bytes"],
-                "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": cal.kernel_overhead_s(nbytes),
-                "sources": {"memory_bytes": f"{cite}, {roles['memory_text']}",
-                            "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
-                            "flops": flops_text, "kernel_overhead_s": overhead_text}},
-        "h2d": link,
-        "d2h": {**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
-        "cpu": {"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
-                "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}
-                if roles["cpu_computes_experts"] else
-                {k: "Unused by the validation (no expert runs on the CPU); the gpu section's. " + v
-                 for k, v in (("memory_bandwidth_Bps", ffn_text), ("flops", flops_text))}},
-    }
+    return profile_document(
+        roles["profile_name"], roles["description"],
+        gpu={"name": roles["gpu_name"], "memory_bytes": roles["memory_bytes"],
+             "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": cal.kernel_overhead_s(nbytes),
+             "sources": {"memory_bytes": f"{cite}, {roles['memory_text']}",
+                         "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
+                         "flops": flops_text, "kernel_overhead_s": overhead_text}},
+        h2d=link,
+        d2h={**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
+        cpu={"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
+             "sources": {"memory_bandwidth_Bps": ffn_text + " (inverse slope)", "flops": flops_text}
+             if roles["cpu_computes_experts"] else
+             {k: "Unused by the validation (no expert runs on the CPU); the gpu section's. " + v
+              for k, v in (("memory_bandwidth_Bps", ffn_text), ("flops", flops_text))}},
+    )
 
 
 def simulate(part: TracePart, model: MoEModel, hardware: HardwareProfile, capacity: int) -> Metrics:
@@ -354,7 +354,7 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
                     result = offload.run(parts[i].steps, pause=lambda: probe.measure(offload), pause_every=every)
                     probe.measure(offload)
                     cal = probe.take()
-                    doc = profile_document(cal, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles)
+                    doc, _ = validation_document(cal, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles)
                     simulated = replace(model, non_expert_params_per_layer=cal.non_expert_params(model.bytes_per_expert))
                     hardware = ProfileFile.model_validate(doc).to_profile()
                     runs[i, c].append((result, simulate(parts[i], simulated, hardware, c), cal))
@@ -365,9 +365,10 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
     overall = Calibration(averaged([c.storage for c in every_cal]), averaged([c.ffn for c in every_cal]),
                           *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]),
                           *mean_and_spread([c.issue_s for c in every_cal]), float(np.mean([c.first_arrival for c in every_cal])))
-    write_profile(out_json.with_suffix(".profile.yaml"), profile_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles),
+    doc, comments = validation_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles)
+    write_profile(out_json.with_suffix(".profile.yaml"), doc,
                   [f"Written by moe-validate --runtime {runtime}: {roles['description']} Averaged over every run",
-                   "(each run was simulated with the measurements taken during it)."])
+                   "(each run was simulated with the measurements taken during it).", *comments])
     print(calibration_line(overall, probe.flops))
     return [case_result(parts[i], c, runs[i, c], model, scale, runtime, store.read_method) for i, c in cases]
 

@@ -1,6 +1,7 @@
 """Measuring a machine into a hardware profile: `moe-calibrate` and the probes `moe-validate` shares with it.
 
-  calibrate      `moe-calibrate`: runs the measurements, writes a cited profile; the one profile-document builder
+  calibrate      `moe-calibrate`: runs the measurements, writes a cited profile
+  document       the profile document both `moe-calibrate` and `moe-validate` write: citation, sections, the write
   fit            latency + bytes / bandwidth fitted to (bytes, seconds) points
   cpu_bench      DRAM copy bandwidth, the CPU expert FFN (per-call overhead, bandwidth, FLOP rate)
   cuda_bench     host<->device copies, device memory bandwidth, the GPU expert FFN

@@ -28,9 +28,9 @@ import yaml
 from tqdm import tqdm
 
 from hardware_profiles.calibration import cpu_bench, cuda_bench, storage_bench
+from hardware_profiles.calibration.document import citation, profile_document, write_profile
 from hardware_profiles.calibration.fit import MeasurementError, PathMeasurement
 from hardware_profiles.schema import PROFILE_DIR, LinkFields, ProfileFile, _Loader, load_profile
-from simulator.atomic_file import atomic_write_bytes
 from simulator.errors import InputError
 from simulator.presets import PRESETS, get_preset
 
@@ -95,7 +95,7 @@ class Calibration:
 
     @property
     def citation(self) -> str:
-        return f"measured by moe-calibrate on {self.host} {self.day}"
+        return citation("moe-calibrate", self.host, self.day)
 
 
 def cpu_name() -> str:
@@ -235,8 +235,9 @@ def nvme_section(single: PathMeasurement, bursts: tuple[PathMeasurement, float] 
     }
 
 
-def profile_document(cal: Calibration, name: str, gpu_from: str) -> tuple[dict, list[str]]:
-    """The profile as a YAML-ready mapping, and the comment lines that go above it (storage, placeholders)."""
+def calibration_document(cal: Calibration, name: str, gpu_from: str) -> tuple[dict, list[str]]:
+    """The calibration as a profile document (`document.profile_document`), and the comment lines that go above it
+    (placeholders, storage)."""
     cite = cal.citation
     cpu = {
         "name": f"{cal.cpu_name} ({os.cpu_count()} logical CPUs)",
@@ -278,22 +279,8 @@ def profile_document(cal: Calibration, name: str, gpu_from: str) -> tuple[dict, 
         description = (f"CPU and storage of {cal.host} measured by moe-calibrate {cal.day}; no CUDA there, so the "
                        f"gpu, h2d and d2h sections are PLACEHOLDERS copied from {gpu_from}.")
         comments.append(f"gpu, h2d, d2h: PLACEHOLDERS from hardware_profiles/{gpu_from}.yaml (no CUDA on {cal.host}).")
-    doc = {"name": name, "description": description, "gpu": gpu, "h2d": h2d, "d2h": d2h, "cpu": cpu}
-    if "nvme" in ProfileFile.model_fields:
-        doc["nvme"] = nvme
-    else:
-        comments.append("Storage read path (no section for it in the schema yet):")
-        comments += [f"  {line}" for line in yaml.safe_dump({"nvme": nvme}, sort_keys=False, width=10**6).splitlines()]
-    return doc, comments
-
-
-def write_profile(path: str | os.PathLike, doc: dict, comments: list[str]) -> None:
-    """Validate `doc` against the schema, then write it with `comments` on top (atomically: a profile is complete
-    or absent)."""
-    ProfileFile.model_validate(doc)
-    header = "".join(f"# {line}\n" for line in [*comments, "SI units, the unit in each key's name."])
-    body = yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
-    atomic_write_bytes(Path(path), (header + body).encode("utf-8"))
+    doc, storage_comments = profile_document(name, description, gpu=gpu, h2d=h2d, d2h=d2h, cpu=cpu, nvme=nvme)
+    return doc, comments + storage_comments
 
 
 # -- the table -----------------------------------------------------------------------------------------------------
@@ -348,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         with tqdm(total=ticks(effort, with_cuda), desc="calibrate", unit="step", disable=None, leave=False) as bar:
             cal = measure(model.hidden_size, model.expert_intermediate_size, effort, args.storage_dir, args.threads,
                           with_cuda, bar)
-        doc, comments = profile_document(cal, args.name or Path(args.out).stem, args.gpu_from)
+        doc, comments = calibration_document(cal, args.name or Path(args.out).stem, args.gpu_from)
         write_profile(args.out, doc, ["Written by moe-calibrate.", *comments])
         load_profile(args.out)
     except (InputError, MeasurementError) as err:
