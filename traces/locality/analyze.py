@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,34 @@ def capacities(grid: RoutingGrid, rho: float) -> tuple[int, int]:
 def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bootstrap: int = 1000, seed: int = 0,
             split: int | None = None, min_tokens: int = 1) -> tuple[dict, dict]:
     """The analysis of the trace at `path`: (JSON-ready document, tables as dicts of column arrays)."""
+    segments, rhos = _checked_arguments(segments, rhos, bootstrap)
+    clock = time.perf_counter()
+    grid = _selected_grid(path, split, min_tokens)
+    doc = _header(path, grid, segments=segments, rhos=rhos, bootstrap=bootstrap, seed=seed, split=split,
+                  min_tokens=min_tokens)
+    results = _Results(doc, {"layer": list(range(grid.model.moe_layers)), "moe_layer_id": list(grid.meta.moe_layer_ids)},
+                       _bootstrap_weights(grid.sequences, bootstrap, seed))
+    layer_streams = cache.layer_streams(grid)
+    timings = _hit_rates(results, grid, layer_streams, rhos, segments)
+    _srp(results, grid, segments)
+    counts, co, top = _routing_stats(results.per_layer, grid)
+    reuse = _reuse_histogram(grid, layer_streams)
+
+    per_layer = results.per_layer
+    doc["per_layer_mean"] = {key: _mean(v) for key, v in per_layer.items() if key not in ("layer", "moe_layer_id")}
+    doc["ci"] = results.ci
+    doc["per_layer"] = per_layer
+    doc["per_layer_ci"] = results.per_layer_ci
+    doc["popularity"] = {"top_experts": top, "uniform_entropy_bits": float(np.log2(grid.model.experts_per_layer))}
+    doc["reuse_distance"] = {"bins": "LRU stack distance 0..E-1 (distinct experts of the layer used since the "
+                                     "previous use), then first use in the sequence",
+                             "histogram": reuse.sum(axis=0).tolist()}
+    doc["timings_s"] = {**timings, "total": round(time.perf_counter() - clock, 3)}
+    return doc, _tables(grid, per_layer, counts, reuse, co)
+
+
+def _checked_arguments(segments, rhos, bootstrap: int) -> tuple[list[int], list[float]]:
+    """The segment lengths and cache ratios, sorted and deduplicated; InputError for a value out of range."""
     segments = sorted({int(m) for m in segments})
     rhos = sorted({float(r) for r in rhos})
     if not segments or min(segments) < 1:
@@ -45,7 +74,11 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
         raise InputError(f"arguments: --rho {rhos}: cache ratios must be > 0")
     if bootstrap < 0:
         raise InputError(f"arguments: --bootstrap {bootstrap}: must be ≥ 0")
-    clock = time.perf_counter()
+    return segments, rhos
+
+
+def _selected_grid(path: str | os.PathLike, split: int | None, min_tokens: int) -> RoutingGrid:
+    """The trace's grid, its sequences cut into pieces of `split` tokens and those shorter than `min_tokens` left out."""
     grid = load_grid(path)
     if split:
         grid = grid.split(split)
@@ -53,41 +86,62 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
         grid = grid.select(grid.lengths >= min_tokens)
     if grid.sequences == 0 or not (grid.experts >= 0).any():
         raise InputError(f"{path}: rows: no accesses to analyse (after --split/--min-tokens)")
-    model = grid.model
-    L, E, k, S = model.moe_layers, model.experts_per_layer, model.top_k, grid.sequences
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(S, np.full(S, 1 / S), size=bootstrap) if bootstrap else None
+    return grid
 
-    doc: dict = {
-        "file": str(path), "model": model.name, "moe_layers": L, "experts_per_layer": E, "top_k": k,
-        "sequences": S, "tokens": int(len(grid.experts)), "accesses": int((grid.experts >= 0).sum()),
-        "segments": segments, "rhos": rhos, "bootstrap": bootstrap, "seed": seed, "split": split,
-        "min_tokens": min_tokens, "confidence": CONFIDENCE,
+
+def _bootstrap_weights(sequences: int, bootstrap: int, seed: int) -> np.ndarray | None:
+    """[bootstrap, sequences]: how often each resample draws each sequence; None without resamples."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(sequences, np.full(sequences, 1 / sequences), size=bootstrap) if bootstrap else None
+
+
+def _header(path: str | os.PathLike, grid: RoutingGrid, **settings) -> dict:
+    """The document's first keys: the trace's shape and the analysis settings."""
+    model = grid.model
+    return {
+        "file": str(path), "model": model.name, "moe_layers": model.moe_layers,
+        "experts_per_layer": model.experts_per_layer, "top_k": model.top_k,
+        "sequences": grid.sequences, "tokens": int(len(grid.experts)), "accesses": int((grid.experts >= 0).sum()),
+        "segments": settings["segments"], "rhos": settings["rhos"], "bootstrap": settings["bootstrap"],
+        "seed": settings["seed"], "split": settings["split"], "min_tokens": settings["min_tokens"],
+        "confidence": CONFIDENCE,
         "convention": "REFERENCE.md §4: per-sequence reset, lookups of a token judged before update, cold-start "
                       "credit; hit rate = mean over sequences of hits / accesses",
     }
-    ci: dict = {}
-    per_layer: dict = {"layer": list(range(L)), "moe_layer_id": list(grid.meta.moe_layer_ids)}
-    per_layer_ci: dict = {}
 
-    def record(key: str, hits: np.ndarray, accesses: np.ndarray, layered: bool) -> None:
+
+@dataclass
+class _Results:
+    """What the analysis fills in: model-level values (in the document) and per-layer lists, with their intervals."""
+
+    doc: dict
+    per_layer: dict
+    weights: np.ndarray | None
+    """The bootstrap resamples (`_bootstrap_weights`), or None for no intervals."""
+    ci: dict = field(default_factory=dict)
+    per_layer_ci: dict = field(default_factory=dict)
+
+    def record(self, key: str, hits: np.ndarray, accesses: np.ndarray, layered: bool) -> None:
         """Store a model-level ([S]) or per-layer ([S, L]) hit-rate result with its bootstrap interval."""
         valid = accesses > 0
         rate = np.where(valid, hits / np.maximum(accesses, 1), 0.0)
         value = rate.sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
         if layered:
-            per_layer[key] = value.tolist()
+            self.per_layer[key] = value.tolist()
         else:
-            doc[key] = float(value)
-        if weights is not None:
-            boot = (weights @ rate) / np.maximum(weights @ valid, 1)
+            self.doc[key] = float(value)
+        if self.weights is not None:
+            boot = (self.weights @ rate) / np.maximum(self.weights @ valid, 1)
             lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], axis=0)
             if layered:
-                per_layer_ci[key] = [lo.tolist(), hi.tolist()]
+                self.per_layer_ci[key] = [lo.tolist(), hi.tolist()]
             else:
-                ci[key] = [float(lo), float(hi)]
+                self.ci[key] = [float(lo), float(hi)]
 
-    layer_streams = cache.layer_streams(grid)
+
+def _hit_rates(results: _Results, grid: RoutingGrid, layer_streams, rhos: list[float], segments: list[int]) -> dict:
+    """LRU, LFU, Belady and SCH(m) at every ρ, per layer and model level, into `results`; their times in seconds."""
+    S, L = grid.sequences, grid.model.moe_layers
     model_streams = cache.model_streams(grid)
     timings = {}
     for rho in rhos:
@@ -97,25 +151,33 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
         for key, policy, window in runs:
             start = time.perf_counter()
             h, a = cache.hit_counts(layer_streams, c_layer, policy, window=window)
-            record(key, h.reshape(S, L), a.reshape(S, L), layered=True)
+            results.record(key, h.reshape(S, L), a.reshape(S, L), layered=True)
             h, a = cache.hit_counts(model_streams, c_model, policy, window=window)
-            record(key, h, a, layered=False)
+            results.record(key, h, a, layered=False)
             timings[key] = round(time.perf_counter() - start, 3)
+    return timings
 
+
+def _srp(results: _Results, grid: RoutingGrid, segments: list[int]) -> None:
+    """SRP(m) for every segment length, model level (with its bootstrap interval) and per layer, into `results`."""
     for m in segments:
         hist = srp_mod.window_histograms(grid, m)  # [S, L, m+1]
         key = f"srp_m{m}"
         model_hist = hist.sum(axis=1)
-        doc[key] = _float(srp_mod.srp(model_hist.sum(axis=0)))
-        per_layer[key] = [_float(v) for v in srp_mod.srp(hist.sum(axis=0))]
-        if weights is not None and model_hist.sum():
-            boot = srp_mod.srp(weights @ model_hist)
+        results.doc[key] = _float(srp_mod.srp(model_hist.sum(axis=0)))
+        results.per_layer[key] = [_float(v) for v in srp_mod.srp(hist.sum(axis=0))]
+        if results.weights is not None and model_hist.sum():
+            boot = srp_mod.srp(results.weights @ model_hist)
             boot = boot[~np.isnan(boot)]
             if boot.size:
-                ci[key] = [float(q) for q in np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])]
+                results.ci[key] = [float(q) for q in np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])]
 
+
+def _routing_stats(per_layer: dict, grid: RoutingGrid) -> tuple[np.ndarray, np.ndarray, int]:
+    """Popularity, consecutive overlap and next-layer predictability per layer, into `per_layer`; returns the
+    accesses per (layer, expert), the co-activation counts and how many experts the top share counts."""
     counts = stats.popularity(grid)
-    top = max(1, int(round(E * stats.TOP_FRACTION)))
+    top = max(1, int(round(grid.model.experts_per_layer * stats.TOP_FRACTION)))
     per_layer["entropy_bits"] = stats.entropy_bits(counts).tolist()
     per_layer[f"top{top}_share"] = stats.top_share(counts, top).tolist()
     per_layer["consecutive_overlap"] = [_float(v) for v in stats.consecutive_overlap(grid)]
@@ -123,26 +185,25 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
     by_co, by_pop = stats.next_layer_predictability(grid, co, counts)
     per_layer["next_layer_coactivation_topk"] = [_float(v) for v in by_co]
     per_layer["next_layer_popular_topk"] = [_float(v) for v in by_pop]
+    return counts, co, top
 
+
+def _reuse_histogram(grid: RoutingGrid, layer_streams) -> np.ndarray:
+    """[L, E+1]: per layer, accesses at each LRU stack distance 0..E-1, then first uses in the sequence (bin E)."""
+    L, E, k = grid.model.moe_layers, grid.model.experts_per_layer, grid.model.top_k
     distances = cache.lru_distances(layer_streams)
     # Packed row p of block t belongs to stream order[p]; its layer is order[p] % L.
     packed_stream = np.concatenate([layer_streams.order[:n] for n in layer_streams.active]) if layer_streams.steps else np.zeros(0, int)
     packed_layer = np.repeat((packed_stream % L)[:, None], k, axis=1)
     valid = layer_streams.keys >= 0
     bins = np.where(distances >= 0, distances, E)  # bin E = first use in the sequence
-    reuse = np.bincount((packed_layer * (E + 1) + bins)[valid], minlength=L * (E + 1)).reshape(L, E + 1)
+    return np.bincount((packed_layer * (E + 1) + bins)[valid], minlength=L * (E + 1)).reshape(L, E + 1)
 
-    doc["per_layer_mean"] = {key: _mean(v) for key, v in per_layer.items() if key not in ("layer", "moe_layer_id")}
-    doc["ci"] = ci
-    doc["per_layer"] = per_layer
-    doc["per_layer_ci"] = per_layer_ci
-    doc["popularity"] = {"top_experts": top, "uniform_entropy_bits": float(np.log2(E))}
-    doc["reuse_distance"] = {"bins": "LRU stack distance 0..E-1 (distinct experts of the layer used since the "
-                                     "previous use), then first use in the sequence",
-                             "histogram": reuse.sum(axis=0).tolist()}
-    doc["timings_s"] = {**timings, "total": round(time.perf_counter() - clock, 3)}
 
-    tables = {
+def _tables(grid: RoutingGrid, per_layer: dict, counts: np.ndarray, reuse: np.ndarray, co: np.ndarray) -> dict:
+    """The tables `write_outputs` writes, as dicts of column arrays."""
+    L, E = grid.model.moe_layers, grid.model.experts_per_layer
+    return {
         "per_layer": per_layer,
         "popularity": {"layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
                        "count": counts.ravel(), "share": (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)).ravel()},
@@ -151,7 +212,6 @@ def analyze(path: str | os.PathLike, *, segments=(16,), rhos=(1.0, 2.0, 4.0), bo
         "coactivation": {"layer": np.repeat(np.arange(L - 1), E * E), "expert": np.tile(np.repeat(np.arange(E), E), L - 1),
                          "next_expert": np.tile(np.arange(E), (L - 1) * E), "count": co.ravel()},
     }
-    return doc, tables
 
 
 def summary_rows(doc: dict) -> list[dict]:
