@@ -18,6 +18,7 @@ More than top_k rows, a repeated expert, or a value out of range is an error nam
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,49 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     if model is None:
         raise InputError("arguments: --model is required for --format long (the rows do not name their model)")
     files = expand_inputs(inputs, SUFFIXES)
+    data, rows, has_weight = _read_columns(files)
+    _check_ranges(data, model, rows)
+    layer, moe_layer_ids, mapping = _map_layers(data, model, rows)
+    groups = _Groups.of(data, layer, model, rows)
+    chunk, tokens = _grid_chunk(groups, data, model, has_weight)
+    L, k = model.moe_layers, model.top_k
+    missing_rows = tokens * L - len(groups.starts)
+    padded = int((groups.sizes < k).sum())
+    notes = []
+    if missing_rows or padded:
+        notes.append(f"wrote {missing_rows:,} missing (token, layer) entries as all -1 rows and padded {padded:,} "
+                     f"entries with fewer than top_k={k} experts with -1")
+    meta = TraceMeta(model=model, moe_layer_ids=moe_layer_ids, provenance={
+        "source_format": "long",
+        "importer": __name__,
+        "importer_version": IMPORTER_VERSION,
+        "files": [p.name for p in files],
+        "layer_mapping": mapping,
+        "missing_entries": missing_rows,
+        "padded_entries": padded,
+    })
+    rows_written, sequences, n_tokens = write_chunks(out, meta, [chunk], weights=bool(has_weight))
+    return ImportSummary(Path(out), rows_written, sequences, n_tokens, notes=notes)
+
+
+@dataclass
+class _Origins:
+    """Which file each row of the concatenated columns came from, to name the file and row of an error."""
+
+    starts: list[tuple[Path, int]] = field(default_factory=list)
+    """(file, its first row in the concatenation), in order."""
+
+    def where(self, row: int) -> str:
+        i = max(j for j, (_, first) in enumerate(self.starts) if first <= row)
+        path, first = self.starts[i]
+        return f"{path}: row {row - first + 1}"
+
+
+def _read_columns(files: list[Path]) -> tuple[dict[str, np.ndarray], _Origins, bool | None]:
+    """The files' columns concatenated in order, checked as numbers; where each row came from; whether they have
+    weights (all or none of them)."""
     cols = {name: [] for name in REQUIRED + OPTIONAL}
-    origin = []  # (file, first global row) to name the file and row of an error
+    origins = _Origins()
     has_weight = None
     total = 0
     for path in files:
@@ -66,67 +108,99 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
             cols[name].append(_integers(table, name, path))
         if weight_here:
             cols["weight"].append(_floats(table, "weight", path))
-        origin.append((path, total))
+        origins.starts.append((path, total))
         total += table.num_rows
-    data = {name: np.concatenate(parts) for name, parts in cols.items() if parts}
+    return {name: np.concatenate(parts) for name, parts in cols.items() if parts}, origins, has_weight
 
-    def where(row: int) -> str:
-        i = max(j for j, (_, first) in enumerate(origin) if first <= row)
-        path, first = origin[i]
-        return f"{path}: row {row - first + 1}"
 
-    L, E, k = model.moe_layers, model.experts_per_layer, model.top_k
+def _check_ranges(data: dict[str, np.ndarray], model: MoEModel, rows: _Origins) -> None:
+    """Every id non-negative, sequence and token within int32, expert below experts_per_layer."""
+    E = model.experts_per_layer
     for name, hi in (("sequence", 2**31 - 1), ("token", 2**31 - 1), ("layer", None), ("expert", E - 1)):
         values = data[name]
         bad = np.flatnonzero((values < 0) | ((values > hi) if hi is not None else False))
         if bad.size:
-            raise InputError(f"{where(int(bad[0]))}: field '{name}': {values[bad[0]]} is outside 0..{hi if hi is not None else ''}")
+            raise InputError(f"{rows.where(int(bad[0]))}: field '{name}': {values[bad[0]]} is outside 0..{hi if hi is not None else ''}")
+
+
+def _map_layers(data: dict[str, np.ndarray], model: MoEModel, rows: _Origins) -> tuple[np.ndarray, list[int], str]:
+    """The layer column as MoE layer indices 0..L-1, the trace's moe_layer_ids, and how they were mapped."""
+    L = model.moe_layers
     layer_ids = np.unique(data["layer"])
     if layer_ids.max() < L:
-        layer = data["layer"]
-        moe_layer_ids = list(range(L))
-        mapping = "layer values are MoE layer indices"
-    elif len(layer_ids) == L:
-        layer = np.searchsorted(layer_ids, data["layer"])
-        moe_layer_ids = layer_ids.tolist()
-        mapping = f"the {L} distinct layer values in ascending order became MoE layers 0..{L - 1}"
-    else:
-        row = int(np.flatnonzero(data["layer"] >= L)[0])
-        raise InputError(f"{where(row)}: field 'layer': {data['layer'][row]} is not an MoE layer index 0..{L - 1}, and the "
-                         f"input has {len(layer_ids)} distinct layer values, not {model.name}'s {L} layer numbers")
+        return data["layer"], list(range(L)), "layer values are MoE layer indices"
+    if len(layer_ids) == L:
+        return (np.searchsorted(layer_ids, data["layer"]), layer_ids.tolist(),
+                f"the {L} distinct layer values in ascending order became MoE layers 0..{L - 1}")
+    row = int(np.flatnonzero(data["layer"] >= L)[0])
+    raise InputError(f"{rows.where(row)}: field 'layer': {data['layer'][row]} is not an MoE layer index 0..{L - 1}, and the "
+                     f"input has {len(layer_ids)} distinct layer values, not {model.name}'s {L} layer numbers")
 
-    order = np.lexsort((layer, data["token"], data["sequence"]))  # stable: router order kept within a group
-    seq, tok, lay = data["sequence"][order], data["token"][order], layer[order]
-    n = len(order)
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1]) | (lay[1:] != lay[:-1])
-    starts = np.flatnonzero(new_group)
-    group = np.cumsum(new_group) - 1
-    slot = np.arange(n) - starts[group]
-    sizes = np.diff(np.append(starts, n))
-    bad = np.flatnonzero(sizes > k)
-    if bad.size:
-        g = int(bad[0])
-        raise InputError(f"{where(int(order[starts[g] + k]))}: field 'expert': (sequence {seq[starts[g]]}, token "
-                         f"{tok[starts[g]]}, layer {data['layer'][order[starts[g]]]}) has {sizes[g]} experts, "
-                         f"{model.name} routes top_k={k}")
-    experts = np.full((len(starts), k), -1, dtype=np.int16)
-    experts[group, slot] = data["expert"][order]
-    ordered = np.sort(experts, axis=1)
-    bad = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
-    if bad.size:
-        g = int(bad[0])
-        raise InputError(f"{where(int(order[starts[g]]))}: field 'expert': (sequence {seq[starts[g]]}, token "
-                         f"{tok[starts[g]]}, layer {data['layer'][order[starts[g]]]}) repeats an expert: {experts[g].tolist()}")
 
-    # Lay the groups on the full (token, layer) grid of every (sequence, token) present.
-    g_seq, g_tok, g_lay = seq[starts], tok[starts], lay[starts]
+@dataclass
+class _Groups:
+    """The rows sorted and grouped by (sequence, token, layer): one group per trace row, its experts in router order."""
+
+    order: np.ndarray
+    """The sort: sorted row i is input row order[i]."""
+    seq: np.ndarray
+    tok: np.ndarray
+    lay: np.ndarray
+    """Sequence, token and MoE layer of each sorted row."""
+    starts: np.ndarray
+    """Each group's first sorted row."""
+    group: np.ndarray
+    slot: np.ndarray
+    """Each sorted row's group and its place in the group."""
+    sizes: np.ndarray
+    experts: np.ndarray
+    """[groups, top_k] int16, -1 padded."""
+
+    @classmethod
+    def of(cls, data: dict[str, np.ndarray], layer: np.ndarray, model: MoEModel, rows: _Origins) -> "_Groups":
+        """The groups; InputError for a group of more than top_k experts or one that repeats an expert."""
+        k = model.top_k
+        order = np.lexsort((layer, data["token"], data["sequence"]))  # stable: router order kept within a group
+        seq, tok, lay = data["sequence"][order], data["token"][order], layer[order]
+        n = len(order)
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1]) | (lay[1:] != lay[:-1])
+        starts = np.flatnonzero(new_group)
+        group = np.cumsum(new_group) - 1
+        slot = np.arange(n) - starts[group]
+        sizes = np.diff(np.append(starts, n))
+
+        def named(g: int) -> str:
+            return (f"(sequence {seq[starts[g]]}, token {tok[starts[g]]}, layer {data['layer'][order[starts[g]]]})")
+
+        bad = np.flatnonzero(sizes > k)
+        if bad.size:
+            g = int(bad[0])
+            raise InputError(f"{rows.where(int(order[starts[g] + k]))}: field 'expert': {named(g)} has {sizes[g]} experts, "
+                             f"{model.name} routes top_k={k}")
+        experts = np.full((len(starts), k), -1, dtype=np.int16)
+        experts[group, slot] = data["expert"][order]
+        ordered = np.sort(experts, axis=1)
+        bad = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
+        if bad.size:
+            g = int(bad[0])
+            raise InputError(f"{rows.where(int(order[starts[g]]))}: field 'expert': {named(g)} repeats an expert: "
+                             f"{experts[g].tolist()}")
+        return cls(order, seq, tok, lay, starts, group, slot, sizes, experts)
+
+
+def _grid_chunk(groups: _Groups, data: dict[str, np.ndarray], model: MoEModel, has_weight: bool | None) -> tuple[TraceChunk, int]:
+    """The groups laid on the full (token, layer) grid of every (sequence, token) present, as one chunk (a layer
+    missing from a token becomes an all -1 row), and the number of tokens."""
+    L, k = model.moe_layers, model.top_k
+    starts = groups.starts
+    g_seq, g_tok, g_lay = groups.seq[starts], groups.tok[starts], groups.lay[starts]
     new_token = np.ones(len(starts), dtype=bool)
     new_token[1:] = (g_seq[1:] != g_seq[:-1]) | (g_tok[1:] != g_tok[:-1])
     token_index = np.cumsum(new_token) - 1
     tokens = int(token_index[-1]) + 1
     grid = np.full((tokens * L, k), -1, dtype=np.int16)
-    grid[token_index * L + g_lay] = experts
+    grid[token_index * L + g_lay] = groups.experts
     chunk = TraceChunk(
         sequence=np.repeat(g_seq[new_token].astype(np.int32), L),
         token=np.repeat(g_tok[new_token].astype(np.int32), L),
@@ -135,26 +209,10 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     )
     if has_weight:
         w = np.full((len(starts), k), np.nan, dtype=np.float32)
-        w[group, slot] = data["weight"][order]
+        w[groups.group, groups.slot] = data["weight"][groups.order]
         chunk.weights = np.full((tokens * L, k), np.nan, dtype=np.float32)
         chunk.weights[token_index * L + g_lay] = w
-    missing_rows = tokens * L - len(starts)
-    padded = int((sizes < k).sum())
-    notes = []
-    if missing_rows or padded:
-        notes.append(f"wrote {missing_rows:,} missing (token, layer) entries as all -1 rows and padded {padded:,} "
-                     f"entries with fewer than top_k={k} experts with -1")
-    meta = TraceMeta(model=model, moe_layer_ids=moe_layer_ids, provenance={
-        "source_format": "long",
-        "importer": __name__,
-        "importer_version": IMPORTER_VERSION,
-        "files": [p.name for p in files],
-        "layer_mapping": mapping,
-        "missing_entries": missing_rows,
-        "padded_entries": padded,
-    })
-    rows, sequences, n_tokens = write_chunks(out, meta, [chunk], weights=bool(has_weight))
-    return ImportSummary(Path(out), rows, sequences, n_tokens, notes=notes)
+    return chunk, tokens
 
 
 def _read(path: Path) -> pa.Table:
