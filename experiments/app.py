@@ -2,7 +2,8 @@
 
 Config groups `policy`, `prefetch`, `model` and `hardware` are filled from the registries, the model presets and
 the shipped profiles (so there is one list of each; a class's constructor defaults become its config keys); a user adds their own with `--config-dir DIR` holding
-`DIR/policy/NAME.yaml` etc. Group choices are checked before Hydra starts so a typo costs one line, not a page.
+`DIR/policy/NAME.yaml` etc. Group choices and keys are checked before Hydra starts (experiments.overrides) so a typo
+costs one line, not a page.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.config import RunConfig
+from experiments.overrides import rewrite_args
 from experiments.results import write_run
 from experiments.run import simulate
 from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
@@ -28,9 +30,7 @@ from policies.registry import POLICIES
 from simulator.errors import InputError
 from simulator.presets import PRESETS
 
-CONF_DIR = Path(__file__).parent / "conf"
 register_resolver()  # names sweep job directories; here so that launcher worker processes have it too
-GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss")
 
 
 def class_node(entry: str, cls: type, skip: tuple[str, ...]) -> dict:
@@ -57,32 +57,6 @@ def register_config_groups() -> None:
         cs.store(group="model", name=name, node={"preset": name, "dtype": None, "kind": None})
     for name in list_profiles():
         cs.store(group="hardware", name=name, node={"profile": name})
-
-
-def known_options(group: str, config_dirs: list[Path]) -> set[str]:
-    names = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)} if group != "trace" else set()
-    for d in [CONF_DIR, *config_dirs]:
-        names |= {p.stem for p in (d / group).glob("*.yaml")}
-    return names
-
-
-def rewrite_args(argv: list[str]) -> list[str]:
-    """Check group choices (one line per mistake) and let `hardware=FILE.yaml` name a profile file."""
-    config_dirs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith(("--config-dir=", "-cd="))]
-    config_dirs += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--config-dir", "-cd")]
-    out = []
-    for arg in argv:
-        group, eq, value = arg.partition("=")
-        if eq and group in GROUPS and not value.startswith(("choice(", "range(", "glob(")):
-            if group == "hardware" and ("/" in value or value.endswith((".yaml", ".yml"))):
-                out.append(f"hardware.profile={value}")
-                continue
-            known = known_options(group, config_dirs)
-            for choice in value.split(","):
-                if choice not in known:
-                    raise InputError(f"{group}={choice}: unknown {group} (known: {', '.join(sorted(known))})")
-        out.append(arg)
-    return out
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

@@ -179,6 +179,8 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
     `update(rows)` is called as the replay goes."""
     trace = TraceFile(run.trace_path)
+    if trace.num_rows == 0:
+        raise InputError(f"trace.path: {trace.path} has 0 rows (an empty trace: nothing to replay)")
     model = resolve_model(trace, run)
     if model.kind == "mole" and not trace.has_token_id:
         raise InputError(f"model.kind=mole: {trace.path} has no 'token_id' column (lookup tables are keyed by token id)")

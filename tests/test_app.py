@@ -100,6 +100,9 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         with TraceWriter(good, TraceMeta(model, list(range(26)))) as w:
             w.write(TraceChunk(np.zeros(26), np.zeros(26), np.arange(26), np.tile(np.arange(6), (26, 1))))
         path.write_bytes(good.read_bytes()[:-40])
+    elif kind == "empty":
+        with TraceWriter(path, TraceMeta(get_preset("deepseek-v2-lite"), list(range(26)))):
+            pass
     elif kind == "not_parquet":
         path.write_text("Layer ID,Token\n1,0\n")
     elif kind == "missing_column":
@@ -128,12 +131,21 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         (["hardware=BAD:negative_bandwidth"], "bandwidth_Bps"),
         (["trace.path=/nonexistent/t.parquet"], "no such trace file"),
         (["model.kind=mole"], "t.parquet has no 'token_id' column"),
+        (["trace.path=BAD:empty"], "has 0 rows"),
+        (["serve.max_batch=8"], "serve.max_batch: unknown config key"),
+        (["cache.capacty=8"], "did you mean cache.capacity?"),
+        (["policy=lfu-aging", "policy.perod=3"], "not a key of policy=lfu-aging; did you mean policy.period?"),
+        (["prefetch=eam", "prefetch.horizon=2"], "prefetch.horizon: not a key of prefetch=eam"),
+        (["-m", "+sweep=prefetch", "prefetch.horizon=2"], "prefetch.horizon: not a key of prefetch=none"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, trace, args, needle):
     resolved = [f"trace.path={trace}"]
     for arg in args:
-        key, _, value = arg.partition("=")
+        key, eq, value = arg.partition("=")
+        if not eq:
+            resolved.append(arg)
+            continue
         if value.startswith("BAD:"):
             kind = value[4:]
             if kind == "negative_bandwidth":
@@ -145,7 +157,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, trace, args, needle):
                 value = str(write_bad_trace(tmp_path, kind))
         resolved.append(f"{key}={value}")
     result = moe_sim(*resolved, cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert needle in lines[0] and "Traceback" not in result.stderr
