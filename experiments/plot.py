@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import textwrap
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from experiments.report import load_layers, load_runs, varying  # noqa: E402
+from experiments.report import labels, load_layers, load_runs, varying  # noqa: E402
 from experiments.results import TIMELINE_FILE  # noqa: E402
 from simulator.errors import InputError  # noqa: E402
 
@@ -82,10 +83,12 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
 
 
 def panels(table: pd.DataFrame, dims: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """One (title, rows) per combination of the `dims` values (missing values labelled `n/a`); titles wrap so that
+    neighbouring panels' titles do not run into each other."""
     if not dims:
         return [("", table)]
-    groups = table.groupby(dims, sort=True, dropna=False)
-    return [(", ".join(f"{d}={v}" for d, v in zip(dims, key if isinstance(key, tuple) else (key,))), sub)
+    groups = table.groupby([labels(table[d]) for d in dims], sort=True)
+    return [("\n".join(textwrap.wrap(", ".join(f"{d}={v}" for d, v in zip(dims, key if isinstance(key, tuple) else (key,))), 40)), sub)
             for key, sub in groups]
 
 

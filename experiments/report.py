@@ -1,7 +1,8 @@
 """`moe-sim-report`: every completed run of a sweep in one tidy table, and a compact summary.
 
 One row per `metrics.json` under the sweep directory (a run without one is unfinished or failed and is only
-counted). Columns: `run` (the job directory, relative to the sweep), short names `policy`, `hardware` and `trace`,
+counted). Columns: `run` (the job directory, relative to the sweep), short names `policy`, `prefetch`, `miss`
+(registered names; the absent plug-in is named too, `none` and `load`, never a missing value), `hardware` and `trace`,
 the resolved config flattened to dotted names as they are overridden (`cache.capacity`, `replay.timed`, ...), the
 model as the run resolved it (`model.name`, `model.moe_layers`, ..., `model.bytes_per_expert`), the cache in experts
 and GB (`cache_experts`, `cache_gb`) and every metric under its own name (`hit_rate`, `stall_time_s`, ...).
@@ -18,20 +19,24 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.results import METRICS_FILE, PER_LAYER_FILE
+from policies.miss_handling import MISS_HANDLERS
+from policies.prefetchers import PREFETCHERS
+from policies.registry import POLICIES
 from simulator.errors import InputError
 from simulator.model import MoEModel
+from simulator.registry import Registry
 
-_TARGETS = None
+PLUGINS: dict[str, Registry] = {"policy": POLICIES, "prefetch": PREFETCHERS, "miss": MISS_HANDLERS}
+"""The plug-in kinds a run chooses, each a config group whose `_target_` the report names by its registered name."""
+MISSING = "n/a"
+"""The label of a config key a run does not have (a parameter of another plug-in)."""
 
 
-def policy_name(target: str) -> str:
-    """The registry name of a policy class path (`policies.lru.LRUCache` -> `lru`), else the class name."""
-    global _TARGETS
-    if _TARGETS is None:
-        from policies.registry import POLICIES
-
-        _TARGETS = {entry.replace(":", "."): name for name, entry in POLICIES.items()}
-    return _TARGETS.get(target, target.rsplit(".", 1)[-1])
+def short_name(registry: Registry, target: str | None) -> str:
+    """The registered name of a `_target_` (`policies.lru.LRUCache` -> `lru`, None -> `none` or `load`), else the
+    class name."""
+    name = registry.name_of(target)
+    return name if name in registry else name.rsplit(".", 1)[-1]
 
 
 def trace_name(path: str | None) -> str:
@@ -58,9 +63,10 @@ def run_row(path: Path, sweep_dir: Path) -> dict:
     model = MoEModel.from_dict(doc["model"])
     cache = config["cache"]
     experts = cache["capacity"] * (model.moe_layers if cache["scope"] == "layer" else 1)
-    row = {
-        "run": str(path.parent.relative_to(sweep_dir)),
-        "policy": policy_name(config["policy"]["_target_"]),
+    row = {"run": str(path.parent.relative_to(sweep_dir))}
+    for kind, registry in PLUGINS.items():
+        row[kind] = short_name(registry, (config.get(kind) or {}).get("_target_"))
+    row |= {
         "hardware": doc["hardware"],
         "trace": trace_name(config["trace"]["path"]),
     }
@@ -112,7 +118,8 @@ def load_layers(sweep_dir: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-IDENTITY = {"run", "policy._target_", "trace.path", "hardware.profile", "replay.progress", "replay.batch_rows"}
+IDENTITY = {"run", "policy._target_", "prefetch._target_", "miss._target_", "trace.path", "hardware.profile",
+            "replay.progress", "replay.batch_rows"}
 """Config columns the summary does not group by: the short names stand for them, or they leave results alone."""
 
 
@@ -120,15 +127,32 @@ RESOLVED_MODEL = {f"model.{f.name}" for f in fields(MoEModel)} - {"model.name", 
 """Model columns the run resolved, not chose; `model.kind` is also the config's choice (moe, mole) and may vary."""
 
 
+def labels(column: pd.Series) -> pd.Series:
+    """A column as text labels, a missing value (a key another plug-in does not have) as `n/a`: every value counts
+    as a value when deciding what varies and when grouping."""
+    return column.astype(object).where(column.notna(), MISSING).map(str)
+
+
 def varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
-    """Config columns (dotted, and `seed`, `hardware`, `trace`, `model.name`) that take more than one value."""
-    candidates = ["trace", "hardware", "seed"] + [c for c in table.columns if "." in c and c not in RESOLVED_MODEL]
-    return [c for c in candidates if c in table and c not in IDENTITY | {"policy", "cache.capacity"} | exclude
-            and table[c].astype(str).nunique() > 1]
+    """Config columns (dotted, and `seed`, `hardware`, `trace`, `prefetch`, `miss`) that take more than one value. A
+    plug-in's parameter (`prefetch.horizon`) counts only where it varies among runs of the same plug-in."""
+    candidates = ["trace", "hardware", "seed", "prefetch", "miss"] + [c for c in table.columns if "." in c and c not in RESOLVED_MODEL]
+    out = []
+    for c in candidates:
+        if c not in table or c in IDENTITY | {"policy", "cache.capacity"} | exclude:
+            continue
+        kind = c.split(".", 1)[0]
+        values = labels(table[c])
+        if kind in PLUGINS and "." in c:
+            if values.groupby(table[kind]).nunique().max() > 1:
+                out.append(c)
+        elif values.nunique() > 1:
+            out.append(c)
+    return out
 
 
 def pivot(table: pd.DataFrame, value: str, index_extra: list[str], scale: float = 1.0) -> pd.DataFrame:
-    data = table.assign(**{value: table[value] * scale})
+    data = table.assign(**{value: table[value] * scale}, **{c: labels(table[c]) for c in index_extra})
     return data.pivot_table(index=[*index_extra, "policy"], columns="cache.capacity", values=value, aggfunc="mean")
 
 

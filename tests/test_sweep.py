@@ -174,3 +174,43 @@ def test_a_rerun_after_the_trace_changed_is_not_skipped(tmp_path):
     assert moe_sim(*args, cwd=tmp_path).startswith("skip ")
     write_synthetic(trace, model, SynthParams(sequences=1, tokens_per_sequence=8, seed=2))  # same path, new rows
     assert not moe_sim(*args, cwd=tmp_path).startswith("skip ")
+
+
+@pytest.fixture(scope="module")
+def plugin_sweep(tmp_path_factory) -> Path:
+    """prefetch=none,oracle × miss=load,cpu × 2 capacities on a small Mixtral-shaped trace: axes that include the
+    defaults, whose plug-in is absent (`none`, `load`)."""
+    cwd = tmp_path_factory.mktemp("plugins")
+    trace = cwd / "mixtral.parquet"
+    write_synthetic(trace, get_preset("mixtral-8x7b"), SynthParams(sequences=2, tokens_per_sequence=12, seed=3))
+    moe_sim("-m", f"trace.path={trace}", "prefetch=none,oracle", "miss=load,cpu", "cache.capacity=3,4",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={cwd / 'grid'}", cwd=cwd)
+    return cwd / "grid"
+
+
+def test_report_keeps_apart_runs_that_differ_in_a_plugin_with_a_default(plugin_sweep):
+    table = report.load_runs(plugin_sweep)
+    assert len(table) == 8
+    assert set(table["prefetch"]) == {"none", "oracle"} and set(table["miss"]) == {"load", "cpu"}
+    assert table[["prefetch", "miss"]].notna().all().all()
+    assert {"prefetch", "miss"} <= set(report.varying(table))
+    assert not any(c.endswith("._target_") for c in report.varying(table))
+    text = report.summary(table)
+    hit = report.pivot(table, "hit_rate", report.varying(table, {"hardware", "replay.timed"}))
+    assert len(hit) == 4  # four distinct (prefetch, miss) rows, one value per capacity each, none averaged
+    for (prefetch, miss, policy), row in hit.iterrows():
+        for capacity, value in row.items():
+            run = table[(table["prefetch"] == prefetch) & (table["miss"] == miss) & (table["cache.capacity"] == capacity)]
+            assert len(run) == 1 and value == run["hit_rate"].iloc[0]
+    assert hit.loc[("none", "cpu", "lru")].max() == 0.0 < hit.loc[("none", "load", "lru")].min()  # every miss runs on the CPU: nothing enters the cache
+    assert "nan" not in text and "_target_" not in text and "Prefetcher" not in text
+
+
+def test_figures_label_panels_with_the_registered_names(plugin_sweep, tmp_path):
+    table = report.load_runs(plugin_sweep)
+    titles = [title for title, _ in plot.panels(table, report.varying(table, {"hardware", "replay.timed"}))]
+    assert len(titles) == 4 and all("nan" not in t and "_target_" not in t for t in titles)
+    assert any("prefetch=oracle" in t and "miss=cpu" in t for t in titles)
+    written = plot.plot_sweep(plugin_sweep, tmp_path / "fig")
+    for figure in ("hit_rate_vs_capacity", "stall_and_time_vs_capacity", "per_layer_hit_rate"):
+        assert isinstance(written[figure], list) and all(p.stat().st_size > 0 for p in written[figure]), written
