@@ -4,7 +4,8 @@
                entropy of the expert distribution (uniform = log2 E bits): what a frequency-based cache can exploit;
   overlap      the mean fraction of a token's experts at a layer that the previous token of the same sequence also
                chose at that layer: what a recency-based cache can exploit.
-The trace is streamed chunk by chunk, so memory does not grow with its length.
+The trace is streamed chunk by chunk, so memory does not grow with its length; the statistics are those of
+`traces.locality.stats`, counted chunk by chunk.
 """
 
 from __future__ import annotations
@@ -16,81 +17,93 @@ import numpy as np
 
 from simulator.atomic_file import atomic_write_bytes
 from traces.format import PHASES, TraceFile
-
-TOP_FRACTION = 0.25
-"""Popularity is reported as the access share of the top quarter of experts (16 of 64, 2 of 8)."""
+from traces.locality import stats
 
 
 def summarize(path: str | os.PathLike, *, batch_rows: int = 1 << 16) -> dict:
     """Shape, size, columns, per-layer popularity and consecutive-token overlap of the trace at `path`, read
     `batch_rows` rows at a time."""
     trace = TraceFile(path)
-    model = trace.meta.model
-    L, E = model.moe_layers, model.experts_per_layer
-    counts = np.zeros(L * E, dtype=np.int64)
-    overlap_sum = np.zeros(L)
-    overlap_pairs = np.zeros(L, dtype=np.int64)
-    tokens_of: dict[int, int] = {}
-    phase_rows = np.zeros(len(PHASES), dtype=np.int64)
-    rows = unrecorded = 0
-    last_token = (-1, -1)
-    carry = None  # the last row of each layer of the previous chunk's final sequence, which may continue
-
+    tally = _Tally(trace.meta.model.moe_layers, trace.meta.model.experts_per_layer)
     for chunk in trace.chunks(batch_rows=batch_rows, extras=True):
-        if len(chunk) == 0:
-            continue
-        rows += len(chunk)
-        valid = chunk.experts >= 0
-        unrecorded += int((~valid).sum())
-        keys = chunk.layer.astype(np.int64)[:, None] * E + chunk.experts
-        counts += np.bincount(keys[valid], minlength=L * E)
-        if chunk.phase is not None:
-            phase_rows += np.bincount(chunk.phase, minlength=len(PHASES))
+        if len(chunk):
+            tally.add(chunk)
+    return _summary(path, trace, tally)
 
-        seq = np.concatenate(([last_token[0]], chunk.sequence))
-        tok = np.concatenate(([last_token[1]], chunk.token))
+
+class _Tally:
+    """What `summarize` counts while streaming a trace's chunks."""
+
+    def __init__(self, layers: int, experts_per_layer: int):
+        self.L, self.E = layers, experts_per_layer
+        self.counts = np.zeros((layers, experts_per_layer), dtype=np.int64)
+        self.overlap_sum = np.zeros(layers)
+        self.overlap_pairs = np.zeros(layers, dtype=np.int64)
+        self.tokens_of: dict[int, int] = {}
+        self.phase_rows = np.zeros(len(PHASES), dtype=np.int64)
+        self.rows = self.unrecorded = 0
+        self.last_token = (-1, -1)
+        self.carry = None  # the last row of each layer of the previous chunk's final sequence, which may continue
+
+    def add(self, chunk) -> None:
+        self.rows += len(chunk)
+        self.unrecorded += int((chunk.experts < 0).sum())
+        self.counts += stats.access_counts(chunk.layer.astype(np.int64)[:, None], chunk.experts, self.L, self.E)
+        if chunk.phase is not None:
+            self.phase_rows += np.bincount(chunk.phase, minlength=len(PHASES))
+        self._add_tokens(chunk)
+        self._add_overlap(chunk)
+
+    def _add_tokens(self, chunk) -> None:
+        """Count the tokens each sequence starts in `chunk` (a token continuing from the previous chunk is not new)."""
+        seq = np.concatenate(([self.last_token[0]], chunk.sequence))
+        tok = np.concatenate(([self.last_token[1]], chunk.token))
         new = (seq[1:] != seq[:-1]) | (tok[1:] != tok[:-1])
         ids, n = np.unique(chunk.sequence[new], return_counts=True)
         for s, c in zip(ids.tolist(), n.tolist()):
-            tokens_of[s] = tokens_of.get(s, 0) + c
-        last_token = (chunk.sequence[-1], chunk.token[-1])
+            self.tokens_of[s] = self.tokens_of.get(s, 0) + c
+        self.last_token = (chunk.sequence[-1], chunk.token[-1])
 
+    def _add_overlap(self, chunk) -> None:
+        """Add the consecutive-token pairs of `chunk`, the first rows paired with the previous chunk's `carry`."""
         seq, layer, experts = chunk.sequence, chunk.layer, chunk.experts
-        if carry is not None:
-            seq, layer, experts = (np.concatenate((a, b)) for a, b in zip(carry, (seq, layer, experts)))
+        if self.carry is not None:
+            seq, layer, experts = (np.concatenate((a, b)) for a, b in zip(self.carry, (seq, layer, experts)))
         pair_layer, fraction = _consecutive_overlap(seq, layer, experts)
-        overlap_sum += np.bincount(pair_layer, weights=fraction, minlength=L)
-        overlap_pairs += np.bincount(pair_layer, minlength=L)
-        carry = _tail(seq, layer, experts)
+        self.overlap_sum += np.bincount(pair_layer, weights=fraction, minlength=self.L)
+        self.overlap_pairs += np.bincount(pair_layer, minlength=self.L)
+        self.carry = _tail(seq, layer, experts)
 
-    per_layer = counts.reshape(L, E)
-    accesses = per_layer.sum(axis=1)
-    top = max(1, int(round(E * TOP_FRACTION)))
-    share = -np.sort(-per_layer, axis=1)[:, :top].sum(axis=1) / np.maximum(accesses, 1)
-    p = per_layer / np.maximum(accesses, 1)[:, None]
-    entropy = -(p * np.log2(np.where(p > 0, p, 1))).sum(axis=1)
-    lengths = np.array(list(tokens_of.values()) or [0])
+
+def _summary(path: str | os.PathLike, trace: TraceFile, tally: _Tally) -> dict:
+    """The summary document of what `tally` counted in the trace at `path`."""
+    model = trace.meta.model
+    E = model.experts_per_layer
+    accesses = tally.counts.sum(axis=1)
+    top = stats.top_experts(E)
+    lengths = np.array(list(tally.tokens_of.values()) or [0])
     return {
         "file": str(path),
         "model": model.name,
-        "moe_layers": L,
+        "moe_layers": model.moe_layers,
         "moe_layer_ids": trace.meta.moe_layer_ids,
         "experts_per_layer": E,
         "top_k": model.top_k,
-        "sequences": len(tokens_of),
+        "sequences": len(tally.tokens_of),
         "tokens": int(lengths.sum()),
         "tokens_per_sequence": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())},
-        "rows": rows,
+        "rows": tally.rows,
         "accesses": int(accesses.sum()),
-        "unrecorded_slots": unrecorded,
-        "phase_rows": dict(zip(PHASES, phase_rows.tolist())) if trace.has_phase else None,
+        "unrecorded_slots": tally.unrecorded,
+        "phase_rows": dict(zip(PHASES, tally.phase_rows.tolist())) if trace.has_phase else None,
         "columns": {"weights": trace.has_weights, "token_id": trace.has_token_id, "phase": trace.has_phase,
                     "predictions": trace.prediction_columns},
-        "popularity": {"top_experts": top, "top_share": share.round(4).tolist(),
-                       "entropy_bits": entropy.round(4).tolist(), "uniform_entropy_bits": float(np.log2(E))},
+        "popularity": {"top_experts": top, "top_share": stats.top_share(tally.counts, top).round(4).tolist(),
+                       "entropy_bits": stats.entropy_bits(tally.counts).round(4).tolist(),
+                       "uniform_entropy_bits": float(np.log2(E))},
         "consecutive_overlap": {
-            "mean": float(overlap_sum.sum() / max(overlap_pairs.sum(), 1)),
-            "per_layer": (overlap_sum / np.maximum(overlap_pairs, 1)).round(4).tolist(),
+            "mean": float(tally.overlap_sum.sum() / max(tally.overlap_pairs.sum(), 1)),
+            "per_layer": (tally.overlap_sum / np.maximum(tally.overlap_pairs, 1)).round(4).tolist(),
         },
         "provenance": trace.meta.provenance,
     }
@@ -102,10 +115,7 @@ def _consecutive_overlap(seq: np.ndarray, layer: np.ndarray, experts: np.ndarray
     order = np.lexsort((layer, seq))  # stable: within one (sequence, layer), rows stay in token order
     s, l = seq[order], layer[order]
     paired = np.flatnonzero((s[1:] == s[:-1]) & (l[1:] == l[:-1]))
-    cur, prev = experts[order[paired + 1]], experts[order[paired]]
-    recorded = (cur >= 0).sum(axis=1)
-    keep = (recorded > 0) & (prev >= 0).any(axis=1)
-    shared = ((cur[:, :, None] == prev[:, None, :]) & (cur >= 0)[:, :, None]).any(axis=2).sum(axis=1)
+    shared, recorded, keep = stats.overlap_counts(experts[order[paired + 1]], experts[order[paired]])
     return l[paired + 1][keep].astype(np.int64), shared[keep] / recorded[keep]
 
 

@@ -177,7 +177,7 @@ def _routing_stats(per_layer: dict, grid: RoutingGrid) -> tuple[np.ndarray, np.n
     """Popularity, consecutive overlap and next-layer predictability per layer, into `per_layer`; returns the
     accesses per (layer, expert), the co-activation counts and how many experts the top share counts."""
     counts = stats.popularity(grid)
-    top = max(1, int(round(grid.model.experts_per_layer * stats.TOP_FRACTION)))
+    top = stats.top_experts(grid.model.experts_per_layer)
     per_layer["entropy_bits"] = stats.entropy_bits(counts).tolist()
     per_layer[f"top{top}_share"] = stats.top_share(counts, top).tolist()
     per_layer["consecutive_overlap"] = [_float(v) for v in stats.consecutive_overlap(grid)]

@@ -19,14 +19,25 @@ import numpy as np
 from traces.locality.grid import RoutingGrid
 
 TOP_FRACTION = 0.25
+"""Popularity is reported as the access share of the top quarter of experts (16 of 64, 2 of 8)."""
+
+
+def top_experts(experts_per_layer: int) -> int:
+    """How many experts the top share counts: the top quarter, at least one."""
+    return max(1, int(round(experts_per_layer * TOP_FRACTION)))
+
+
+def access_counts(layer: np.ndarray, experts: np.ndarray, layers: int, experts_per_layer: int) -> np.ndarray:
+    """Accesses per (layer, expert), [layers, experts_per_layer] int64, of the expert ids `experts` (-1: none) at
+    the MoE layers `layer` (broadcast against them)."""
+    key = layer * experts_per_layer + experts
+    return np.bincount(key[experts >= 0], minlength=layers * experts_per_layer).reshape(layers, experts_per_layer)
 
 
 def popularity(grid: RoutingGrid) -> np.ndarray:
     """Accesses per (layer, expert): [L, E] int64."""
     L, E = grid.model.moe_layers, grid.model.experts_per_layer
-    ids = grid.experts
-    key = np.arange(L)[None, :, None] * E + ids
-    return np.bincount(key[ids >= 0], minlength=L * E).reshape(L, E)
+    return access_counts(np.arange(L)[None, :, None], grid.experts, L, E)
 
 
 def entropy_bits(counts: np.ndarray) -> np.ndarray:
@@ -45,12 +56,20 @@ def consecutive_overlap(grid: RoutingGrid) -> np.ndarray:
     first[grid.starts[:-1]] = True
     cur, prev = ids[1:], ids[:-1]
     pair = ~first[1:]
-    recorded = (cur >= 0).sum(axis=2)
-    shared = ((cur[:, :, :, None] == prev[:, :, None, :]) & (cur >= 0)[:, :, :, None]).any(axis=3).sum(axis=2)
-    keep = pair[:, None] & (recorded > 0) & (prev >= 0).any(axis=2)
+    shared, recorded, counted = overlap_counts(cur, prev)
+    keep = pair[:, None] & counted
     frac = np.where(keep, shared / np.maximum(recorded, 1), 0.0)
     with np.errstate(invalid="ignore"):
         return frac.sum(axis=0) / keep.sum(axis=0)
+
+
+def overlap_counts(cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows of expert ids `cur` (last axis the top_k slots, -1 none) and their predecessors `prev`: how many of
+    a row's recorded experts the predecessor also chose, how many it recorded, and whether the pair counts (both
+    recorded something)."""
+    recorded = (cur >= 0).sum(axis=-1)
+    shared = ((cur[..., :, None] == prev[..., None, :]) & (cur >= 0)[..., :, None]).any(axis=-1).sum(axis=-1)
+    return shared, recorded, (recorded > 0) & (prev >= 0).any(axis=-1)
 
 
 def coactivation(grid: RoutingGrid) -> np.ndarray:
