@@ -79,11 +79,22 @@ def configured_class(spec: dict, base: type, registry: Registry, seed: int, skip
     return functools.partial(cls, **params)
 
 
+def built(factory: Callable, registry: Registry, target: str, *args):
+    """`factory(*args)`, a constructor's refusal of a parameter (TypeError, ValueError) as one line naming the
+    plug-in: refused before the replay runs."""
+    try:
+        return factory(*args)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{registry.kind}={registry.name_of(target)}: {err}") from None
+
+
 def policy_factory(spec: dict, seed: int, model: MoEModel) -> Callable[[int], CachePolicy]:
-    """A `capacity -> CachePolicy` factory; a `top_k` parameter, if the class has one, comes from the model."""
+    """A `capacity -> CachePolicy` factory; a `top_k` parameter, if the class has one, comes from the model. One
+    instance is built here, so that a bad parameter is refused before the replay."""
     factory = configured_class(spec, CachePolicy, POLICIES, seed)
     if "top_k" in inspect.signature(factory.func).parameters and "top_k" not in factory.keywords:
         factory = functools.partial(factory, top_k=model.top_k)
+    built(factory, POLICIES, spec["_target_"], model.top_k)
     return factory
 
 
@@ -91,10 +102,7 @@ def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | 
     """The configured miss handler; None for `miss=load` (wait for every missed expert)."""
     if spec.get("_target_") is None:
         return None
-    try:
-        handler = configured_class(spec, MissHandler, MISS_HANDLERS, seed)()
-    except (TypeError, ValueError) as err:
-        raise InputError(f"miss: {err}") from None
+    handler = built(configured_class(spec, MissHandler, MISS_HANDLERS, seed), MISS_HANDLERS, spec["_target_"])
     if handler.needs_weights and not trace.has_weights:
         raise InputError(f"miss={handler.name}: {trace.path} has no 'weights' column (gate weights are needed)")
     return handler
@@ -105,10 +113,8 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
     `prefetch.train_trace` if given (`fit`, which learns nothing for most); None for `prefetch=none`."""
     if spec.get("_target_") is None:
         return None
-    try:
-        prefetcher = configured_class(spec, Prefetcher, PREFETCHERS, seed, skip=("train_trace",))(model)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"prefetch: {err}") from None
+    prefetcher = built(configured_class(spec, Prefetcher, PREFETCHERS, seed, skip=("train_trace",)), PREFETCHERS,
+                       spec["_target_"], model)
     try:
         prefetcher.bind_trace(trace.prediction_columns)
     except InputError as err:
@@ -175,6 +181,27 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
+def check_combination(run: RunConfig, model: MoEModel, cache: ExpertCache) -> None:
+    """Refuse, naming the value, the choices that cannot go together (README "Rules of combination")."""
+    prefetch, miss = PREFETCHERS.name_of(run.prefetch.get("_target_")), MISS_HANDLERS.name_of(run.miss.get("_target_"))
+    policy = POLICIES.name_of(run.policy["_target_"])
+    if model.kind == "mole" and prefetch != "none":
+        raise InputError(f"prefetch={prefetch}: model.kind=mole fetches lookup rows by token id and takes no prefetcher (prefetch=none)")
+    if model.kind == "mole" and miss != "load":
+        raise InputError(f"miss={miss}: model.kind=mole computes no expert, so a miss is a row read (miss=load)")
+    if cache.offline and prefetch != "none":
+        raise InputError(f"prefetch={prefetch}: policy={policy} is offline (its future is the demand stream) and takes no "
+                         "prefetched experts; replay it without a prefetcher as the bound of a demand-only sweep")
+    if run.memory.path == "gds" and run.memory.home != "nvme":
+        raise InputError("memory.path=gds: GPUDirect Storage reads experts from NVMe; it needs memory.home=nvme")
+    if run.replay.timeline is not None:
+        first, last = run.replay.timeline
+        if not run.replay.timed:
+            raise InputError("replay.timeline: a timeline records time; it needs replay.timed=true")
+        if not 0 <= first < last:
+            raise InputError(f"replay.timeline: [{first}, {last}] is not a window of tokens (0 <= first < last)")
+
+
 def simulate(run: RunConfig, progress=None) -> RunResult:
     """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
     `update(rows)` is called as the replay goes."""
@@ -192,6 +219,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
+    check_combination(run, model, cache)
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []

@@ -57,7 +57,9 @@ class Link:
         self.transfers = 0
         self.busy_demand_s = 0.0
         self.busy_prefetch_s = 0.0
-        """Time the wire spent carrying bytes of each kind (latency excluded)."""
+        """Time the wire spent carrying bytes of each kind (latency excluded), the part after the replay's end too."""
+        self._tail: deque[tuple[float, float, bool]] = deque()  # (end, wire time, prefetch) of transfers that may
+        # still be on the wire when the replay ends: those ending after the latest booking's ready time
 
     @property
     def bytes_moved(self) -> int:
@@ -66,6 +68,25 @@ class Link:
     @property
     def busy_s(self) -> float:
         return self.busy_demand_s + self.busy_prefetch_s
+
+    def busy_until(self, end_s: float) -> tuple[float, float]:
+        """(demand, prefetch) wire time within [0, end_s]: a prefetch still crossing when the replay ends counts
+        only up to the end, so that busy time never exceeds the time it is divided by."""
+        demand, prefetch = self.busy_demand_s, self.busy_prefetch_s
+        for end, wire_s, is_prefetch in self._tail:
+            if end_s < end < math.inf:
+                after = min(wire_s, end - end_s)
+                if is_prefetch:
+                    prefetch -= after
+                else:
+                    demand -= after
+        return demand, prefetch
+
+    def _record(self, ready_s: float, end: float, wire_s: float, prefetch: bool) -> None:
+        tail = self._tail
+        while tail and tail[0][0] <= ready_s:
+            tail.popleft()
+        tail.append((end, wire_s, prefetch))
 
     def transfer(self, ready_s: float, nbytes: int, key: int = -1) -> float:
         """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived. `key` only
@@ -118,6 +139,7 @@ class Link:
         self.transfers += len(fetches)
         self.bytes_demand += total
         self.busy_demand_s += total / bandwidth if bandwidth else math.inf
+        self._record(ready_s, end, total / bandwidth if bandwidth else math.inf, False)
         if self.log is not None:
             self.log.extend(TimelineEvent(self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
         return ends
@@ -135,6 +157,7 @@ class Link:
         self.transfers += 1
         self.bytes_demand += nbytes
         self.busy_demand_s += wire_s
+        self._record(ready_s, end, wire_s, False)
         if self.log is not None:
             self.log.append(TimelineEvent(self.name, takeover, end, key, "demand"))
         return end
@@ -191,6 +214,7 @@ class Link:
         else:
             self.bytes_demand += nbytes
             self.busy_demand_s += wire_s
+        self._record(ready_s, end, wire_s, prefetch)
         if self.log is not None:
             self.log.append(TimelineEvent(self.name, on_wire, end, key, "prefetch" if prefetch else "demand"))
         return end

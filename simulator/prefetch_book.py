@@ -120,6 +120,11 @@ class PrefetchBook:
                 self.counters.wasted += 1
         evicted.clear()
 
+    def cache_emptied(self) -> None:
+        """The cache was emptied (a reset per sequence): prefetched experts not used before are wasted."""
+        self.counters.wasted += len(self.unused)
+        self.unused.clear()
+
     def finish(self) -> PrefetchCounters:
         self.counters.unused_at_end = len(self.unused) + len(self.inflight)
         return self.counters

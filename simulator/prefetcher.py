@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from simulator.trace_rows import TraceChunk
 
 
+def at_least_one(name: str, value: int | None) -> int | None:
+    """A count parameter of a prefetcher (`top_n`, `horizon`, ...): None (its default) or at least 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
 class FutureAccessError(RuntimeError):
     """A prefetcher that is not an oracle asked for routing that has not happened yet."""
 

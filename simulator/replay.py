@@ -148,6 +148,8 @@ class _Replay:
             if token.sequence != last_sequence:
                 (self.rows if self.lookup else self.cache).start_sequence(token.sequence, first=last_sequence is None)
                 if prefetcher is not None:
+                    if self.cache.reset_per_sequence and last_sequence is not None:
+                        self.book.cache_emptied()
                     prefetcher.start_sequence()
                 metrics.sequences += 1
                 last_sequence = token.sequence
@@ -392,14 +394,16 @@ class _Replay:
         if memory.h2d is not None:
             memory.advance(self.now)  # prefetches still queued when the trace ends never start
             metrics.total_time_s = self.now
-            links = memory.links()
+            links = memory.links()  # the links that end in GPU memory: host-to-device, and GDS reads
             metrics.bytes_h2d = sum(l.bytes_moved for l in links)
             metrics.transfers_h2d = sum(l.transfers for l in links)
-            metrics.h2d_busy_s = sum(l.busy_s for l in links)
-            metrics.h2d_busy_prefetch_s = sum(l.busy_prefetch_s for l in links)
             prefetch.bytes = sum(l.bytes_prefetch for l in links)
-            if memory.nvme is not None:
-                metrics.nvme_busy_s = memory.nvme.busy_s
+            demand_s, prefetch_s = memory.h2d.busy_until(self.now)
+            metrics.h2d_busy_s = demand_s + prefetch_s
+            metrics.h2d_busy_prefetch_s = prefetch_s
+            storage = memory.gds if memory.direct else memory.nvme  # the link that reads the drive
+            if memory.on_nvme and storage is not None:
+                metrics.nvme_busy_s = sum(storage.busy_until(self.now))
         else:
             metrics.bytes_h2d = metrics.bytes_demand + prefetch.bytes
         return metrics

@@ -21,3 +21,20 @@ def chunk(rows, token_ids=None) -> TraceChunk:
         experts=np.array(ex, dtype=np.int16),
         token_id=None if token_ids is None else np.array(token_ids, dtype=np.int32),
     )
+
+
+def compose_run(*overrides: str):
+    """The `RunConfig` that `moe-sim OVERRIDES` would run, composed in-process (the command line's checks included):
+    fast enough to try many configurations."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.app import register_config_groups
+    from experiments.config import RunConfig
+    from experiments.overrides import CONF_DIR, rewrite_args
+
+    register_config_groups()
+    args = rewrite_args(list(overrides))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return RunConfig.from_hydra(compose(config_name="config", overrides=args))

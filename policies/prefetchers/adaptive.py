@@ -13,7 +13,7 @@ states, which a routing trace does not carry.
 
 import math
 
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 from policies.prefetchers.transition import TransitionPrefetcher
 
 
@@ -23,7 +23,9 @@ class AdaptivePrefetcher(Prefetcher):
     def __init__(self, model, top_n: int | None = None, max_horizon: int = 4, smoothing: float = 0.1):
         self.chain = TransitionPrefetcher(model, top_n=top_n, horizon=1)
         self.expert_bytes = model.bytes_per_expert
-        self.max_horizon = max_horizon
+        self.max_horizon = at_least_one("max_horizon", max_horizon)
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be within (0, 1], got {smoothing!r}")
         self.smoothing = smoothing
         self.precision = 1.0
         self._predicted: dict[int, set[int]] = {}  # layer -> experts predicted for the current token

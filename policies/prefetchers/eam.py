@@ -15,7 +15,7 @@ O(N·L·E).
 
 import numpy as np
 
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 
 
 class EAMPrefetcher(Prefetcher):
@@ -24,8 +24,8 @@ class EAMPrefetcher(Prefetcher):
     def __init__(self, model, top_n: int | None = None, collection_size: int = 1000):
         self.layers = model.moe_layers
         self.experts = model.experts_per_layer
-        self.top_n = top_n or model.top_k
-        self.collection_size = collection_size
+        self.top_n = at_least_one("top_n", top_n) or model.top_k
+        self.collection_size = at_least_one("collection_size", collection_size)
         shape = (collection_size, self.layers, self.experts)
         self._stored = np.zeros(shape)  # a ring of count matrices; the first `_size` slots are filled
         self._normalised = np.zeros(shape)  # the same with every row scaled to unit length

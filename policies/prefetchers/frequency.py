@@ -6,7 +6,7 @@ training trace with `fit()`. It knows nothing of the current token: the baseline
 
 import numpy as np
 
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 
 
 class FrequencyPrefetcher(Prefetcher):
@@ -14,8 +14,8 @@ class FrequencyPrefetcher(Prefetcher):
 
     def __init__(self, model, top_n: int | None = None, horizon: int = 1):
         self.layers = model.moe_layers
-        self.top_n = top_n or model.top_k
-        self.horizon = horizon
+        self.top_n = at_least_one("top_n", top_n) or model.top_k
+        self.horizon = at_least_one("horizon", horizon)
         self.counts = np.zeros((model.moe_layers, model.experts_per_layer))
 
     def fit(self, chunks) -> None:

@@ -4,7 +4,7 @@ It reads the future (`oracle = True`), so it is an upper bound for any prefetche
 system one could build.
 """
 
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 
 
 class OraclePrefetcher(Prefetcher):
@@ -12,9 +12,7 @@ class OraclePrefetcher(Prefetcher):
     oracle = True
 
     def __init__(self, model, horizon: int = 1):
-        if horizon < 1:
-            raise ValueError(f"horizon must be at least 1, got {horizon}")
-        self.horizon = horizon
+        self.horizon = at_least_one("horizon", horizon)
 
     def _upcoming(self, view):
         return [(layer, expert) for layer, experts in view.future(self.horizon) for expert in experts]

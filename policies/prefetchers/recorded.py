@@ -7,7 +7,7 @@ first `horizon` layers are requested, and after layer l's router, layers l+1..l+
 """
 
 from simulator.errors import InputError
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 
 
 class RecordedPrefetcher(Prefetcher):
@@ -16,12 +16,16 @@ class RecordedPrefetcher(Prefetcher):
     def __init__(self, model, column: str | None = None, horizon: int | None = None):
         self.column = column
         """None means: the trace's only prediction column (chosen in `bind_trace`)."""
-        self.horizon = horizon or model.moe_layers
+        self.horizon = at_least_one("horizon", horizon) or model.moe_layers
         self.predictions = (column,) if column else ()
 
     def bind_trace(self, columns):
         if self.column is not None:
             return
+        if not columns:
+            raise InputError("prefetch=recorded: the trace has no prediction column (pred_<name>); record one with "
+                             "`moe-trace record` (pred_speculative) or import a predictor's output (moe-trace import "
+                             "--format moe-beyond with its predicted CSVs), then replay that trace")
         if len(columns) != 1:
             raise InputError(f"prefetch.column: the trace has prediction columns {list(columns)}; name one")
         self.column = columns[0]

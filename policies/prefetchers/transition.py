@@ -9,7 +9,7 @@ experts so far are requested.
 
 import numpy as np
 
-from simulator.prefetcher import Prefetcher
+from simulator.prefetcher import Prefetcher, at_least_one
 
 
 class TransitionPrefetcher(Prefetcher):
@@ -17,8 +17,8 @@ class TransitionPrefetcher(Prefetcher):
 
     def __init__(self, model, top_n: int | None = None, horizon: int = 1):
         self.layers = model.moe_layers
-        self.top_n = top_n or model.top_k
-        self.horizon = horizon
+        self.top_n = at_least_one("top_n", top_n) or model.top_k
+        self.horizon = at_least_one("horizon", horizon)
         experts = model.experts_per_layer
         self.transitions = np.zeros((max(model.moe_layers - 1, 0), experts, experts))
         self.first_layer = np.zeros(experts)  # layer-0 popularity, for a token's start
