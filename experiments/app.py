@@ -9,6 +9,7 @@ costs one line, not a page.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from experiments.config import RunConfig
 from experiments.overrides import rewrite_args
-from experiments.results import write_run
+from experiments.results import METRICS_FILE, write_run
 from experiments.run import simulate
 from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
@@ -105,4 +106,23 @@ def main() -> None:
     except InputError as err:
         print(f"moe-sim: {err}", file=sys.stderr)
         sys.exit(2)
-    _run()
+    # An interrupted parallel sweep leaves the launcher's semaphores to its resource tracker, which would warn.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+    try:
+        _run()
+    except KeyboardInterrupt:
+        print(f"moe-sim: interrupted; {_finished()}; run the same command again to resume (finished runs are skipped)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def _finished() -> str:
+    """What an interrupted run or sweep leaves: the complete runs (their metrics.json) under its folder."""
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    folder = args.get("hydra.sweep.dir") or args.get("hydra.run.dir")
+    if folder is None and "+sweep" in args:
+        folder = f"multirun/{args['+sweep']}"  # every shipped sweep config writes there
+    if folder is None:
+        return f"finished runs kept their {METRICS_FILE} under multirun/ (or outputs/)"
+    done = len(list(Path(folder).glob(f"**/{METRICS_FILE}")))
+    return f"{done} run(s) finished in {folder}"

@@ -214,3 +214,28 @@ def test_figures_label_panels_with_the_registered_names(plugin_sweep, tmp_path):
     written = plot.plot_sweep(plugin_sweep, tmp_path / "fig")
     for figure in ("hit_rate_vs_capacity", "stall_and_time_vs_capacity", "per_layer_hit_rate"):
         assert isinstance(written[figure], list) and all(p.stat().st_size > 0 for p in written[figure]), written
+
+
+def test_ctrl_c_in_a_multirun_is_one_line_and_rerunning_resumes(tmp_path):
+    import os
+    import signal
+    import time
+
+    args = [*MOE_SIM, "-m", "policy=lru,lfu,fifo", "cache.capacity=8,16,32", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'grid'}", "replay.progress=false"]
+    run = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "grid").glob(f"*/{METRICS_FILE}")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    if run.returncode == 0:
+        pytest.skip("the sweep finished before the interrupt reached it")
+    lines = err.strip().splitlines()
+    assert run.returncode == 130 and len(lines) == 1, err[-2000:]
+    assert "interrupted;" in lines[0] and "finished in" in lines[0] and "run the same command again" in lines[0]
+    done = len(list((tmp_path / "grid").glob(f"*/{METRICS_FILE}")))
+    assert f"{done} run(s) finished" in lines[0] or f"{done - 1} run(s) finished" in lines[0]  # a job may end meanwhile
+    out = moe_sim(*args[len(MOE_SIM):], cwd=tmp_path)
+    assert out.count("skip ") >= done - 1 and len(list((tmp_path / "grid").glob(f"*/{METRICS_FILE}"))) == 9
