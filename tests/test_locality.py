@@ -187,3 +187,13 @@ def test_deepseek_prompt_1351_near_published(shared_traces, tmp_path):
     assert doc["srp_m16"] == pytest.approx(0.379, abs=0.02)
     assert doc["belady_rho2"] == pytest.approx(0.650, abs=0.03)
     assert doc["lru_rho2"] < doc["sch_m16_rho2"] < doc["belady_rho2"]
+
+
+def test_analyze_reports_a_metric_that_has_no_value(tmp_path, capsys):
+    """Pieces shorter than the segment leave SRP without a value: the report says n/a (it was a TypeError)."""
+    path = tmp_path / "s.parquet"
+    write_synthetic(path, get_preset("mixtral-8x7b"), SynthParams(sequences=2, tokens_per_sequence=24, reuse=0.3))
+    code = main(["analyze", str(path), "--json", str(tmp_path / "a.json"), "--split", "8", "--bootstrap", "0"])
+    assert code == 0, capsys.readouterr().err
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("srp_m16"))
+    assert row.split()[1:] == ["n/a", "n/a"]

@@ -288,7 +288,8 @@ def format_report(doc: dict) -> str:
              f"{'metric':<18}{'model':>8}{'95% CI':>18}{'layer mean':>12}"]
     for row in summary_rows(doc):
         ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row["ci_low"] is not None else ""
-        lines.append(f"{row['metric']:<18}{row['value']:>8.3f}{ci:>18}{row['per_layer_mean']:>12.3f}")
+        value, mean = (("n/a" if v is None else f"{v:.3f}") for v in (row["value"], row["per_layer_mean"]))
+        lines.append(f"{row['metric']:<18}{value:>8}{ci:>18}{mean:>12}")
     lines.append(f"in {doc['timings_s']['total']:.1f} s")
     return "\n".join(lines)
 
