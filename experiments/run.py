@@ -181,17 +181,9 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
-def check_combination(run: RunConfig, model: MoEModel, cache: ExpertCache) -> None:
-    """Refuse, naming the value, the choices that cannot go together (README "Rules of combination")."""
-    prefetch, miss = PREFETCHERS.name_of(run.prefetch.get("_target_")), MISS_HANDLERS.name_of(run.miss.get("_target_"))
-    policy = POLICIES.name_of(run.policy["_target_"])
-    if model.kind == "mole" and prefetch != "none":
-        raise InputError(f"prefetch={prefetch}: model.kind=mole fetches lookup rows by token id and takes no prefetcher (prefetch=none)")
-    if model.kind == "mole" and miss != "load":
-        raise InputError(f"miss={miss}: model.kind=mole computes no expert, so a miss is a row read (miss=load)")
-    if cache.offline and prefetch != "none":
-        raise InputError(f"prefetch={prefetch}: policy={policy} is offline (its future is the demand stream) and takes no "
-                         "prefetched experts; replay it without a prefetcher as the bound of a demand-only sweep")
+def check_combination(run: RunConfig) -> None:
+    """Refuse, naming the value, the choices of the run's edge that cannot go together (README "Rules of
+    combination"; the replay itself refuses the plug-ins that cannot go together)."""
     if run.memory.path == "gds" and run.memory.home != "nvme":
         raise InputError("memory.path=gds: GPUDirect Storage reads experts from NVMe; it needs memory.home=nvme")
     if run.replay.timeline is not None:
@@ -205,6 +197,7 @@ def check_combination(run: RunConfig, model: MoEModel, cache: ExpertCache) -> No
 def simulate(run: RunConfig, progress=None) -> RunResult:
     """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
     `update(rows)` is called as the replay goes."""
+    check_combination(run)
     trace = TraceFile(run.trace_path)
     if trace.num_rows == 0:
         raise InputError(f"trace.path: {trace.path} has 0 rows (an empty trace: nothing to replay)")
@@ -219,7 +212,6 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
-    check_combination(run, model, cache)
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []

@@ -58,8 +58,10 @@ class Link:
         self.busy_demand_s = 0.0
         self.busy_prefetch_s = 0.0
         """Time the wire spent carrying bytes of each kind (latency excluded), the part after the replay's end too."""
-        self._tail: deque[tuple[float, float, bool]] = deque()  # (end, wire time, prefetch) of transfers that may
-        # still be on the wire when the replay ends: those ending after the latest booking's ready time
+        self._tail: deque[tuple[float, float, bool]] = deque()  # (end, wire time, prefetch) of the transfers nobody
+        # waits for (prefetches, and the NVMe reads of staged prefetches) that may still cross when the replay ends:
+        # every demand fetch has arrived by the end of its step, so only these can
+
 
     @property
     def bytes_moved(self) -> int:
@@ -88,16 +90,16 @@ class Link:
             tail.popleft()
         tail.append((end, wire_s, prefetch))
 
-    def transfer(self, ready_s: float, nbytes: int, key: int = -1) -> float:
+    def transfer(self, ready_s: float, nbytes: int, key: int = -1, *, for_prefetch: bool = False) -> float:
         """Book a demand fetch of `nbytes` ready at `ready_s`; returns when its last byte has arrived. `key` only
-        labels it in a timeline."""
+        labels it in a timeline; `for_prefetch`: the read that stages a prefetch, which nobody waits for."""
         if self._queue:
             self.advance(ready_s)
         on_wire = self._on_wire
         if on_wire is not None and self.spec.preempt_prefetch and on_wire.end_s > ready_s:
             return self._preempt(on_wire, ready_s, nbytes, key)
         self._on_wire = None
-        return self._book(ready_s, nbytes, False, key)
+        return self._book(ready_s, nbytes, False, key, for_prefetch)
 
     def transfer_group(self, ready_s: float, fetches: list[tuple[int, int]]) -> list[float]:
         """Book the demand fetches [(key, bytes)] of one step, all ready at `ready_s`; their ends, in input order."""
@@ -139,7 +141,6 @@ class Link:
         self.transfers += len(fetches)
         self.bytes_demand += total
         self.busy_demand_s += total / bandwidth if bandwidth else math.inf
-        self._record(ready_s, end, total / bandwidth if bandwidth else math.inf, False)
         if self.log is not None:
             self.log.extend(TimelineEvent(self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
         return ends
@@ -157,7 +158,6 @@ class Link:
         self.transfers += 1
         self.bytes_demand += nbytes
         self.busy_demand_s += wire_s
-        self._record(ready_s, end, wire_s, False)
         if self.log is not None:
             self.log.append(TimelineEvent(self.name, takeover, end, key, "demand"))
         return end
@@ -193,7 +193,7 @@ class Link:
         self._on_wire = transfer if transfer.prefetch else None
         return transfer.end_s
 
-    def _book(self, ready_s: float, nbytes: int, prefetch: bool, key: int) -> float:
+    def _book(self, ready_s: float, nbytes: int, prefetch: bool, key: int, unwaited: bool = False) -> float:
         """The calendar arithmetic of one transfer; returns its end."""
         engines = self._engine_free
         engine = engines.index(min(engines)) if len(engines) > 1 else 0
@@ -214,7 +214,8 @@ class Link:
         else:
             self.bytes_demand += nbytes
             self.busy_demand_s += wire_s
-        self._record(ready_s, end, wire_s, prefetch)
+        if prefetch or unwaited:
+            self._record(ready_s, end, wire_s, prefetch)
         if self.log is not None:
             self.log.append(TimelineEvent(self.name, on_wire, end, key, "prefetch" if prefetch else "demand"))
         return end

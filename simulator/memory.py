@@ -96,7 +96,7 @@ class MemoryHierarchy:
         self.bytes_nvme += nbytes
         if self.direct:
             return self.gds.prefetch(now, key, nbytes), self._gds_issue
-        return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key), key, nbytes), self._nvme_issue + self._h2d_issue
+        return self.h2d.prefetch(self.nvme.transfer(now, nbytes, key, for_prefetch=True), key, nbytes), self._nvme_issue + self._h2d_issue
 
     def links(self) -> list[Link]:
         return [link for link in (self.h2d, self.gds) if link is not None]

@@ -80,7 +80,9 @@ def replay(
     did for those tokens into `Metrics.timeline` (timed replays only).
     """
     if prefetcher is not None and cache.offline:
-        raise InputError("prefetch: offline cache policies (belady, static) cannot take prefetched experts")
+        raise InputError(f"prefetch={_name(prefetcher)}: policy={_name(cache.policies[0])} is offline (its future is the "
+                         "demand stream) and takes no prefetched experts; replay it without a prefetcher as the bound "
+                         "of a demand-only sweep")
     if miss_handler is not None and miss_costs is None:
         raise ValueError("a miss handler needs miss_costs")
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline)
@@ -93,6 +95,11 @@ def replay(
         env.process(run.clocked(env, tokens))
         env.run()
     return run.finish()
+
+
+def _name(plugin) -> str:
+    """A plug-in as errors name it: its registered short name, else its class name."""
+    return plugin.name or type(plugin).__name__
 
 
 class _Replay:
@@ -109,8 +116,12 @@ class _Replay:
         self.window = timeline if timing else None
         self.events: list[TimelineEvent] | None = None  # the timeline while the current token is inside the window
         self.lookup = model.kind == "mole"
-        if self.lookup and (prefetcher is not None or miss_handler is not None):
-            raise InputError("model.kind=mole: lookup experts are fetched by token id; no prefetcher or miss handler")
+        if self.lookup and prefetcher is not None:
+            raise InputError(f"prefetch={_name(prefetcher)}: model.kind=mole fetches lookup rows by token id and takes "
+                             "no prefetcher (prefetch=none)")
+        if self.lookup and miss_handler is not None:
+            raise InputError(f"miss={_name(miss_handler)}: model.kind=mole computes no expert, so a miss is a row read "
+                             "(miss=load)")
         self.rows = RowCache(cache) if self.lookup else None
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
