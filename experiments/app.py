@@ -9,7 +9,9 @@ costs one line, not a page.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +64,9 @@ def register_config_groups() -> None:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def _run(cfg: DictConfig) -> None:
+    if multiprocessing.parent_process() is not None:
+        # A launcher's worker: Ctrl-C is the main process's to report (in one line); it then ends the workers.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = RunConfig.from_hydra(cfg)
         job_dir = Path(HydraConfig.get().runtime.output_dir)
