@@ -1,11 +1,13 @@
-"""Plain-Python reference of the REFERENCE.md §4 cache convention, written literally from its text: one stream,
-token by token, key by key. The vectorised engine (traces/locality/cache.py) must agree with it exactly."""
+"""Plain-Python references, written literally from their definitions: one stream, token by token, key by key.
+
+`reference_hits`: the REFERENCE.md §4 convention of the vectorised engine (traces/locality/cache.py) for LRU, LFU
+and Belady. `reference_sch_hits`: SCH as moe-lrc's code defines it (issue 11), a direct simulation of one cache
+size, against which the one-pass stack algorithm (traces/locality/sch.py) is held."""
 
 from __future__ import annotations
 
 
-def reference_hits(tokens: list[list[int]], capacity: int, policy: str, window: int | None = None,
-                   cold_credit: bool = True) -> tuple[int, int]:
+def reference_hits(tokens: list[list[int]], capacity: int, policy: str, cold_credit: bool = True) -> tuple[int, int]:
     """(hits, accesses) of one stream; tokens are lists of distinct keys in router order, -1 = no access."""
     C = capacity
     cache: set[int] = set()
@@ -43,11 +45,49 @@ def reference_hits(tokens: list[list[int]], capacity: int, policy: str, window: 
                 nxt = next((j for j in range(i + 1, len(tokens)) if e in tokens[j]), None)
                 slot = tokens[nxt].index(e) if nxt is not None else 0
                 return (-(nxt if nxt is not None else 10**9), -slot, last[e])
-            # sch: uses in tokens i+1 .. i+window-1
-            return (sum(e in tokens[j] for j in range(i + 1, min(i + window, len(tokens)))), last[e])
 
         for x in keys:
             cache.add(x)
             while len(cache) > C:
                 cache.remove(min(cache, key=priority))
+    return hits, accesses
+
+
+def reference_sch_hits(tokens: list[list[int]], capacity: int, window: int) -> tuple[int, int]:
+    """(hits, accesses) of SCH(m = window) with a cache of `capacity` keys on one stream.
+
+    At token i all of the token's keys are judged against the cache (a never-seen key is a hit while fewer than C
+    distinct keys have been seen). Then for each key x of the token in router order: stamp its use; if x is not
+    resident insert it and, while the cache holds more than C keys, evict the resident key other than x of lowest
+    priority, a key's priority being (its uses in tokens i .. i+m-1, counted from i+1 if the key was already
+    processed at token i; then its last-use stamp).
+    """
+    C, cache, seen, last = capacity, set(), set(), {}
+    hits = accesses = clock = 0
+    sets = [set(token) for token in tokens]
+    for i, token in enumerate(tokens):
+        keys = [x for x in token if x >= 0]
+        new = 0
+        for x in keys:
+            accesses += 1
+            if x in cache:
+                hits += 1
+            elif x not in seen:
+                hits += len(seen) + new < C
+                new += 1
+        seen.update(keys)
+        done: set[int] = set()
+
+        def priority(e):
+            first = i + 1 if e in done else i
+            return sum(e in sets[j] for j in range(first, min(i + window, len(tokens)))), last[e]
+
+        for x in keys:
+            clock += 1
+            last[x] = clock
+            done.add(x)
+            if x not in cache:
+                cache.add(x)
+                while len(cache) > C:
+                    cache.remove(min(cache - {x}, key=priority))
     return hits, accesses

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.errors import InputError
-from traces.locality import cache, srp as srp_mod, stats
+from traces.locality import cache, sch, srp as srp_mod, stats
 from traces.locality.grid import RoutingGrid, load_grid
 
 BASELINES = ("lru", "lfu", "belady")
@@ -106,7 +106,8 @@ def _header(path: str | os.PathLike, grid: RoutingGrid, **settings) -> dict:
         "seed": settings["seed"], "split": settings["split"], "min_tokens": settings["min_tokens"],
         "confidence": CONFIDENCE,
         "convention": "REFERENCE.md §4: per-sequence reset, lookups of a token judged before update, cold-start "
-                      "credit; hit rate = mean over sequences of hits / accesses",
+                      "credit; hit rate = mean over sequences of hits / accesses; SCH as moe-lrc's calc_fsf (keys "
+                      "inserted one by one in router order, the key being inserted never its own victim)",
     }
 
 
@@ -140,21 +141,31 @@ class _Results:
 
 
 def _hit_rates(results: _Results, grid: RoutingGrid, layer_streams, rhos: list[float], segments: list[int]) -> dict:
-    """LRU, LFU, Belady and SCH(m) at every ρ, per layer and model level, into `results`; their times in seconds."""
+    """LRU, LFU, Belady and SCH(m) at every ρ, per layer and model level, into `results`; their times in seconds.
+    SCH gives every cache size in one pass per m (moe-lrc's stack algorithm), read here at each ρ's C."""
     S, L = grid.sequences, grid.model.moe_layers
     model_streams = cache.model_streams(grid)
     timings = {}
     for rho in rhos:
         c_layer, c_model = capacities(grid, rho)
-        runs = [(f"{p}_rho{rho_name(rho)}", p, None) for p in BASELINES]
-        runs += [(f"sch_m{m}_rho{rho_name(rho)}", "sch", m) for m in segments]
-        for key, policy, window in runs:
+        for policy in BASELINES:
+            key = f"{policy}_rho{rho_name(rho)}"
             start = time.perf_counter()
-            h, a = cache.hit_counts(layer_streams, c_layer, policy, window=window)
+            h, a = cache.hit_counts(layer_streams, c_layer, policy)
             results.record(key, h.reshape(S, L), a.reshape(S, L), layered=True)
-            h, a = cache.hit_counts(model_streams, c_model, policy, window=window)
+            h, a = cache.hit_counts(model_streams, c_model, policy)
             results.record(key, h, a, layered=False)
             timings[key] = round(time.perf_counter() - start, 3)
+    for m in segments:
+        start = time.perf_counter()
+        layer_hits, layer_accesses = sch.layer_curves(grid, m)
+        model_hits, model_accesses = sch.model_curves(grid, m)
+        for rho in rhos:
+            c_layer, c_model = capacities(grid, rho)
+            key = f"sch_m{m}_rho{rho_name(rho)}"
+            results.record(key, layer_hits[:, :, min(c_layer, layer_hits.shape[2]) - 1], layer_accesses, layered=True)
+            results.record(key, model_hits[:, min(c_model, model_hits.shape[1]) - 1], model_accesses, layered=False)
+        timings[f"sch_m{m}"] = round(time.perf_counter() - start, 3)
     return timings
 
 

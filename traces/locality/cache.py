@@ -1,4 +1,4 @@
-"""Cache hit rates as REFERENCE.md §4 defines them, vectorised over many independent caches.
+"""LRU, LFU and Belady hit rates as REFERENCE.md §4 defines them, vectorised over many independent caches.
 
 The convention ("Not All Models Suit Expert Offloading"): each stream (a sequence at one layer, with C = ρ·k, or a
 whole sequence over (layer, expert) keys, with C = ρ·L·k) starts with an empty cache. At token i all of the token's
@@ -10,15 +10,11 @@ priority is evicted:
   lru     last use (a token's keys are stamped in router order)
   lfu     uses since the stream started, ties by last use
   belady  next use (sooner is kept), keys never used again by last use
-  sch     uses in the window of tokens i+1 .. i+m-1 (the segment's future: the keys of token i are served), ties
-          by last use: the Segment Cache best Hit rate SCH(m)
 
-The served keys of token i compete like the others (a key with no future use may leave right after it is served),
-which is what "evict ... from i+1 for experts already served at token i" says. With priorities fixed during the
-update, inserting keys one by one and evicting the minimum each time keeps exactly the C keys of highest priority
-among the old residents and the token's keys: the engine does that in one step per token. (moe-lrc's own code is a
-stack algorithm in which the key being inserted is never its own victim; the difference is discussed in the
-analysis report.) LRU with C ≥ k never evicts a key of the current token, so it is also the LRU of the simulator.
+With priorities fixed during the update, inserting keys one by one and evicting the minimum each time keeps exactly
+the C keys of highest priority among the old residents and the token's keys: the engine does that in one step per
+token. LRU with C ≥ k never evicts a key of the current token, so it is also the LRU of the simulator. SCH, whose
+priorities change within a token, is moe-lrc's own stack algorithm (traces/locality/sch.py).
 
 `persist=True` (no reset between sequences, no cold-start credit) gives the per-layer LRU that `moe-sim
 cache.scope=layer` replays: the streams are then whole layers.
@@ -36,7 +32,7 @@ import numpy as np
 
 from traces.locality.grid import RoutingGrid
 
-POLICIES = ("lru", "lfu", "belady", "sch")
+POLICIES = ("lru", "lfu", "belady")
 
 
 @dataclass
@@ -133,13 +129,10 @@ def next_uses(streams: Streams) -> np.ndarray:
     return out
 
 
-def hit_counts(streams: Streams, capacity: int, policy: str, *, window: int | None = None,
-               cold_credit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def hit_counts(streams: Streams, capacity: int, policy: str, *, cold_credit: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(hits, accesses) per stream, in stream order, for one policy at one capacity."""
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
-    if policy == "sch" and (window is None or window < 1):
-        raise ValueError("sch needs a window (segment length m) ≥ 1")
     S, E, K, C = streams.count, streams.key_space, streams.keys.shape[1], int(capacity)
     if C < 1:
         raise ValueError(f"capacity {C} < 1")
@@ -159,11 +152,6 @@ def hit_counts(streams: Streams, capacity: int, policy: str, *, window: int | No
         upcoming = next_uses(streams)
         never = np.int64(streams.steps * K + 1)
         score = np.zeros((S, E + 1), dtype=np.int64)  # never - next use: sooner is higher
-    elif policy == "sch":
-        score = np.zeros((S, E + 1), dtype=np.int64)  # uses in the window
-        for t in range(min(window, streams.steps)):  # before step 0 the window is tokens 0 .. m-1
-            x = streams.block(t)
-            score[np.arange(len(x))[:, None], np.where(x >= 0, x, E)] += 1
 
     for t in range(streams.steps):
         x = streams.block(t)
@@ -185,8 +173,6 @@ def hit_counts(streams: Streams, capacity: int, policy: str, *, window: int | No
             score[rows, xs] += 1
         elif policy == "belady":
             score[rows, xs] = never - upcoming[streams.offsets[t]:streams.offsets[t + 1]]
-        elif policy == "sch":
-            score[rows, xs] -= 1  # the window becomes tokens t+1 .. t+m-1
 
         # Keep the C highest priorities among the residents and the token's new keys.
         candidates = np.concatenate((slots[:n], np.where(valid & ~hit, x, E)), axis=1)
@@ -200,10 +186,6 @@ def hit_counts(streams: Streams, capacity: int, policy: str, *, window: int | No
         resident[rows, chosen] = True
         resident[:n, E] = False
         slots[:n] = chosen
-
-        if policy == "sch" and t + window < streams.steps:  # token t+m joins: the window of step t+1 is t+1 .. t+m
-            y = streams.block(t + window)
-            score[np.arange(len(y))[:, None], np.where(y >= 0, y, E)] += 1
     return streams.unpack(hits), streams.unpack(accesses)
 
 
