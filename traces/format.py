@@ -55,6 +55,11 @@ class _ModelFields(BaseModel):
     non_expert_params_per_layer: int = Field(ge=0)
     gated: bool = True
     kind: Literal["moe", "mole"] = "moe"
+    attention_layers: int = Field(default=0, ge=0)
+    attention_heads: int = Field(default=0, ge=0)
+    kv_heads: int = Field(default=0, ge=0)
+    head_dim: int = Field(default=0, ge=0)
+    kv_latent_dim: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _top_k_fits(self):
