@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+ATTENTION_FIELDS = ("attention_layers", "attention_heads", "kv_heads", "head_dim", "kv_latent_dim")
+
+
 @dataclass(frozen=True)
 class MoEModel:
     """Shape of a Mixture-of-Experts model, counted in MoE layers only.
@@ -74,7 +77,9 @@ class MoEModel:
         return divmod(key, self.experts_per_layer)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, the attention shape only where given: a model without one is written as before it existed (the
+        shipped trace regenerates to the same bytes, older runs' metrics.json read the same)."""
+        return {k: v for k, v in asdict(self).items() if v or k not in ATTENTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> "MoEModel":

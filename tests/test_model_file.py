@@ -16,6 +16,7 @@ import pytest
 from experiments.run import resolve_model, simulate
 from simulator.errors import InputError
 from simulator.hf_config import model_from_hf_config
+from simulator.model import ATTENTION_FIELDS
 from simulator.presets import DTYPE_BYTES, PRESETS
 from tests.helpers import compose_run
 from traces.cli import main
@@ -24,7 +25,6 @@ from traces.model_file import load_model
 
 MOE_SIM = [sys.executable, "-c", "from experiments.app import main; main()"]
 SHAPE = ("moe_layers", "experts_per_layer", "top_k", "shared_experts", "hidden_size", "expert_intermediate_size", "gated")
-KV = ("attention_layers", "attention_heads", "kv_heads", "head_dim", "kv_latent_dim")
 
 # The published config.json files (Hugging Face hub, the model's own repository), the keys that bear on shape and
 # bytes plus a few that do not; values as published.
@@ -128,7 +128,7 @@ def test_a_config_json_reads_as_the_preset_of_its_model(tmp_path, preset):
     assert model.name == preset  # the folder the config.json lies in
     assert fields(model, SHAPE) == fields(PRESETS[preset], SHAPE)
     assert model.non_expert_params_per_layer == PRESETS[preset].non_expert_params_per_layer
-    assert fields(model, KV) == fields(PRESETS[preset], KV)
+    assert fields(model, ATTENTION_FIELDS) == fields(PRESETS[preset], ATTENTION_FIELDS)
     assert model.param_bytes == DTYPE_BYTES[dtype]
 
 
