@@ -26,7 +26,8 @@ class TraceConfig(_Strict):
 
 class ModelConfig(_Strict):
     preset: str | None = None
-    """A preset name (simulator.presets) to use instead of the model described in the trace's metadata."""
+    """A preset name (simulator.presets) or a model file (a Hugging Face config.json, or a .yaml of MoEModel fields;
+    `model=FILE` says the same) to use instead of the model described in the trace's metadata."""
     dtype: str | None = None
     kind: Literal["moe", "mole"] | None = None
     """`mole` replays the same routing as a Mixture of Lookup Experts (rows fetched, no expert compute)."""

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from simulator.errors import InputError
+from traces.model_file import is_model_file
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss")
@@ -25,7 +26,7 @@ SWEEP_SYNTAX = ("choice(", "range(", "glob(", "interval(")
 
 def rewrite_args(argv: list[str]) -> list[str]:
     """Check group choices and keys (one `InputError` line per mistake); let `hardware=FILE.yaml` name a profile
-    file."""
+    file and `model=FILE` a model file (config.json or .yaml)."""
     config_dirs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith(("--config-dir=", "-cd="))]
     config_dirs += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--config-dir", "-cd")]
     choices = _default_choices()
@@ -37,6 +38,10 @@ def rewrite_args(argv: list[str]) -> list[str]:
             if group == "hardware" and ("/" in value or value.endswith((".yaml", ".yml"))):
                 out.append(f"hardware.profile={value}")
                 choices["hardware"] = ["rtx4090_pcie4"]  # a profile file fills the same one key
+                continue
+            if group == "model" and is_model_file(value):
+                out.append(f"model.preset={value}")
+                choices["model"] = ["from_trace"]  # a model file fills the key a preset fills
                 continue
             known = known_options(group, config_dirs)
             for choice in value.split(","):

@@ -26,10 +26,11 @@ from simulator.metrics import Metrics
 from simulator.miss_handler import MissHandler
 from simulator.model import MoEModel
 from simulator.prefetcher import Prefetcher
-from simulator.presets import get_preset, with_dtype
+from simulator.presets import with_dtype
 from simulator.registry import Registry
 from simulator.replay import Timing, replay
 from traces.format import TraceFile
+from traces.model_file import load_model
 
 
 @dataclass
@@ -43,7 +44,8 @@ class RunResult:
 
 
 def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
-    """The trace's own model, or a preset whose routed shape must match the trace's; `model.kind` last."""
+    """The trace's own model, or a preset or model file whose routed shape must match the trace's; `model.kind`
+    last."""
     model = _shape(trace, run)
     return model if run.model.kind is None else replace(model, kind=run.model.kind)
 
@@ -52,7 +54,7 @@ def _shape(trace: TraceFile, run: RunConfig) -> MoEModel:
     if run.model.preset is None:
         model = trace.meta.model
         return model if run.model.dtype is None else with_dtype(model, run.model.dtype)
-    model = get_preset(run.model.preset, run.model.dtype)
+    model = load_model(run.model.preset, run.model.dtype)
     mine = trace.meta.model
     for field in ("moe_layers", "experts_per_layer", "top_k"):
         if getattr(model, field) != getattr(mine, field):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+ATTENTION_FIELDS = ("attention_layers", "attention_heads", "kv_heads", "head_dim", "kv_latent_dim")
+
+
 @dataclass(frozen=True)
 class MoEModel:
     """Shape of a Mixture-of-Experts model, counted in MoE layers only.
@@ -13,6 +16,9 @@ class MoEModel:
     (their cost per token is small next to a missed expert; presets say where they do this).
     Shared experts are always resident on the GPU: they are never accesses, and their parameters are part of
     `non_expert_params_per_layer`.
+
+    The attention fields at the end describe the KV cache, for costing it; 0 means not given (traces written before
+    they existed, encoder-decoder presets), so every older trace still loads.
     """
 
     name: str
@@ -32,6 +38,17 @@ class MoEModel:
     """"moe": experts are FFN weights fetched on a miss and computed on the GPU. "mole": Mixture of Lookup Experts,
     experts re-parameterised as tables keyed by token id; a layer step fetches its routed experts' rows (one hidden
     vector each) from the experts' home and computes nothing."""
+    attention_layers: int = 0
+    """Layers whose attention keeps a KV cache: every decoder layer, the dense ones too."""
+    attention_heads: int = 0
+    """Query heads of one attention layer."""
+    kv_heads: int = 0
+    """Key/value heads of one attention layer (fewer than the query heads under GQA)."""
+    head_dim: int = 0
+    """Width of one query/key head (MLA: qk_nope_head_dim + qk_rope_head_dim)."""
+    kv_latent_dim: int = 0
+    """MLA (DeepSeek): the values one token caches per layer, its compressed latent plus the shared RoPE key
+    (kv_lora_rank + qk_rope_head_dim). 0: keys and values are cached, 2 · kv_heads · head_dim per token and layer."""
 
     @property
     def expert_params(self) -> int:
@@ -60,7 +77,9 @@ class MoEModel:
         return divmod(key, self.experts_per_layer)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, the attention shape only where given: a model without one is written as before it existed (the
+        shipped trace regenerates to the same bytes, older runs' metrics.json read the same)."""
+        return {k: v for k, v in asdict(self).items() if v or k not in ATTENTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> "MoEModel":

@@ -13,9 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from simulator.errors import InputError
-from simulator.presets import get_preset
 from traces import info as trace_info
 from traces.importers import IMPORTERS
+from traces.model_file import load_model
 from traces.prompts import load_prompts
 from traces.synth import SynthParams, write_synthetic
 
@@ -51,16 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the input format")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, or folders of them (taken in numeric name order)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
-    p.add_argument("--model", help="model preset (default: moe-beyond and moe-infinity-eam deepseek-v2-lite, vllm-jsonl "
-                   "mixtral-8x7b; required for moe-lrc and long)")
-    p.add_argument("--dtype", help="stored expert weight type, e.g. fp16 (the default), fp8, int4")
+    p.add_argument("--model", metavar="PRESET|FILE",
+                   help="model preset, Hugging Face config.json or .yaml of MoEModel fields (default: moe-beyond and "
+                        "moe-infinity-eam deepseek-v2-lite, vllm-jsonl mixtral-8x7b; required for moe-lrc and long)")
+    p.add_argument("--dtype", help="stored expert weight type, e.g. fp16, fp8, int4 (default: fp16 for a preset, the "
+                                   "file's for a file)")
     p.set_defaults(run=_import)
 
     d = SynthParams()
     p = sub.add_parser("synth", help="generate a seeded synthetic trace")
     p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
-    p.add_argument("--model", default=SYNTH_DEFAULT_MODEL, help=f"model preset (default {SYNTH_DEFAULT_MODEL})")
-    p.add_argument("--dtype", help="stored expert weight type (default fp16)")
+    p.add_argument("--model", default=SYNTH_DEFAULT_MODEL, metavar="PRESET|FILE",
+                   help=f"model preset, config.json or .yaml (default {SYNTH_DEFAULT_MODEL})")
+    p.add_argument("--dtype", help="stored expert weight type (default: fp16 for a preset, the file's for a file)")
     p.add_argument("--sequences", type=int, default=d.sequences, help=f"number of sequences (default {d.sequences})")
     p.add_argument("--tokens", type=int, default=d.tokens_per_sequence, help=f"tokens per sequence (default {d.tokens_per_sequence})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
@@ -114,7 +117,7 @@ def _import(args) -> None:
     name = args.model or importer.DEFAULT_MODEL
     if name is None:
         raise InputError(f"arguments: --model is required for --format {args.format} (its files do not name the model)")
-    model = get_preset(name, args.dtype)
+    model = load_model(name, args.dtype)
     start = time.perf_counter()
     summary = importer.import_files(args.inputs, _output(args.output), model)
     for note in summary.notes:
@@ -126,7 +129,7 @@ def _import(args) -> None:
 def _synth(args) -> None:
     if args.fit:
         return _synth_fitted(args)
-    model = get_preset(args.model, args.dtype)
+    model = load_model(args.model, args.dtype)
     params = SynthParams(sequences=args.sequences, tokens_per_sequence=args.tokens, seed=args.seed, skew=args.skew,
                          reuse=args.reuse, cross_layer=args.cross_layer, vocab_size=args.vocab_size)
     start = time.perf_counter()

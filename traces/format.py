@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from simulator.atomic_file import AtomicFile
 from simulator.errors import InputError, one_line
@@ -55,12 +56,19 @@ class _ModelFields(BaseModel):
     non_expert_params_per_layer: int = Field(ge=0)
     gated: bool = True
     kind: Literal["moe", "mole"] = "moe"
+    attention_layers: int = Field(default=0, ge=0)
+    attention_heads: int = Field(default=0, ge=0)
+    kv_heads: int = Field(default=0, ge=0)
+    head_dim: int = Field(default=0, ge=0)
+    kv_latent_dim: int = Field(default=0, ge=0)
 
-    @model_validator(mode="after")
-    def _top_k_fits(self):
-        if self.top_k > self.experts_per_layer:
-            raise ValueError(f"top_k={self.top_k} exceeds experts_per_layer={self.experts_per_layer}")
-        return self
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_fits(cls, top_k: int, info: ValidationInfo) -> int:
+        experts = info.data.get("experts_per_layer")
+        if experts is not None and top_k > experts:
+            raise PydanticCustomError("top_k_fits", "exceeds experts_per_layer={experts}", {"experts": experts})
+        return top_k
 
 
 def validate_model_dict(data: dict, where: str) -> MoEModel:
