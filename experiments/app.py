@@ -24,7 +24,7 @@ from tqdm import tqdm
 from experiments.config import RunConfig
 from experiments.overrides import rewrite_args
 from experiments.results import METRICS_FILE, write_run
-from experiments.run import simulate
+from experiments.run import memory_warning, simulate
 from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
@@ -84,6 +84,10 @@ def _run(cfg: DictConfig) -> None:
         sys.exit(2)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = result.metrics.summary()
+    summary["fits_gpu_memory"] = result.gpu_memory.fits
+    warning = memory_warning(result.gpu_memory, result.hardware)
+    if warning:
+        print(f"moe-sim: {warning}", file=sys.stderr)
     document = {
         "metrics": summary,
         "config": config,
@@ -91,6 +95,7 @@ def _run(cfg: DictConfig) -> None:
         "hardware": result.hardware.name,
         "trace": {"path": str(result.trace.path), "provenance": result.trace.meta.provenance},
         "inputs": inputs,
+        "gpu_memory": result.gpu_memory.to_dict(),
     }
     if run.cache.sizing != "uniform":
         document["cache_capacities"] = result.capacities

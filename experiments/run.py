@@ -22,6 +22,7 @@ from simulator.errors import InputError
 from simulator.hardware import HardwareProfile
 from simulator.link import Link
 from simulator.memory import MemoryHierarchy
+from simulator.gpu_memory import GpuMemory, gpu_memory
 from simulator.metrics import Metrics
 from simulator.miss_handler import MissHandler
 from simulator.model import MoEModel
@@ -40,6 +41,7 @@ class RunResult:
     hardware: HardwareProfile
     trace: TraceFile
     capacities: list[int]
+    gpu_memory: GpuMemory
     """Slots per policy instance (one per MoE layer, or one for a global cache)."""
 
 
@@ -183,6 +185,30 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
+def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, slots: int, trace: TraceFile) -> GpuMemory:
+    """The GPU memory the run takes (simulator.gpu_memory); refused in one line when the weights and one request's
+    KV cache leave no room for any expert. An expert cache too big for what is left still runs: the caller warns."""
+    use = gpu_memory(model, hardware.gpu.memory_bytes, slots, trace.context_tokens())
+    if not use.room_for_experts:
+        raise InputError(f"hardware={hardware.name}: its {_gb(use.memory_bytes)} of GPU memory cannot hold {model.name}'s "
+                         f"non-expert weights ({_gb(use.non_expert_bytes)}) and one request's KV cache "
+                         f"({_gb(use.kv_reserve_bytes)}, {use.context_tokens:,} tokens), before any expert")
+    return use
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def memory_warning(use: GpuMemory, hardware: HardwareProfile) -> str | None:
+    """One line saying a configuration needs more GPU memory than the profile has, or None when it fits."""
+    if use.fits:
+        return None
+    return (f"warning: this configuration needs {_gb(use.needed_bytes)} of GPU memory (experts {_gb(use.expert_cache_bytes)}, "
+            f"non-expert weights {_gb(use.non_expert_bytes)}, KV {_gb(use.kv_reserve_bytes)}); hardware={hardware.name} "
+            f"has {_gb(use.memory_bytes)}; it runs, with fits_gpu_memory=false in metrics.json")
+
+
 def check_combination(run: RunConfig) -> None:
     """Refuse, naming the value, the choices of the run's edge that cannot go together (README "Rules of
     combination"; the replay itself refuses the plug-ins that cannot go together)."""
@@ -214,6 +240,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
+    memory_use = checked_gpu_memory(model, hardware, sum(cache.capacities), trace)
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
@@ -242,4 +269,5 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         timeline=tuple(run.replay.timeline) if run.replay.timeline else None,
         progress=progress.update if progress is not None else None,
     )
-    return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities))
+    return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities),
+                     gpu_memory=memory_use)

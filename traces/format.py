@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -232,6 +233,16 @@ class TraceFile:
     @property
     def num_rows(self) -> int:
         return self._file.metadata.num_rows
+
+    def context_tokens(self) -> int:
+        """The longest context a sequence reaches: the largest token position + 1, from the row groups' statistics
+        where the file has them (no rows read), else from the token column."""
+        meta, column = self._file.metadata, self._file.schema_arrow.get_field_index("token")
+        stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)]
+        if stats and all(s is not None and s.has_min_max for s in stats):
+            return int(max(s.max for s in stats)) + 1
+        tokens = self._file.read(columns=["token"]).column("token")
+        return int(pc.max(tokens).as_py()) + 1 if len(tokens) else 0
 
     def chunks(
         self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False,
