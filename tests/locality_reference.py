@@ -7,6 +7,19 @@ size, against which the one-pass stack algorithm (traces/locality/sch.py) is hel
 from __future__ import annotations
 
 
+def judged_hits(keys: list[int], cache: set[int], seen: set[int], capacity: int, cold_credit: bool = True) -> int:
+    """Hits of one token's keys judged together before any update: resident, or never seen while fewer than
+    `capacity` distinct keys have been (the cold-start credit, new keys counted in router order)."""
+    hits = new = 0
+    for x in keys:
+        if x in cache:
+            hits += 1
+        elif x not in seen:
+            hits += cold_credit and len(seen) + new < capacity
+            new += 1
+    return hits
+
+
 def reference_hits(tokens: list[list[int]], capacity: int, policy: str, cold_credit: bool = True) -> tuple[int, int]:
     """(hits, accesses) of one stream; tokens are lists of distinct keys in router order, -1 = no access."""
     C = capacity
@@ -19,15 +32,8 @@ def reference_hits(tokens: list[list[int]], capacity: int, policy: str, cold_cre
     for i, token in enumerate(tokens):
         keys = [x for x in token if x >= 0]
         # 1. judge every lookup before any update
-        new_seen = 0
-        for x in keys:
-            accesses += 1
-            if x in cache:
-                hits += 1
-            elif x not in seen:
-                if cold_credit and len(seen) + new_seen < C:
-                    hits += 1
-                new_seen += 1
+        hits += judged_hits(keys, cache, seen, C, cold_credit)
+        accesses += len(keys)
         seen.update(keys)
         # 2. update: stamp and count the token's keys, insert each, evict the lowest priority while over C
         for x in token:
@@ -67,14 +73,8 @@ def reference_sch_hits(tokens: list[list[int]], capacity: int, window: int) -> t
     sets = [set(token) for token in tokens]
     for i, token in enumerate(tokens):
         keys = [x for x in token if x >= 0]
-        new = 0
-        for x in keys:
-            accesses += 1
-            if x in cache:
-                hits += 1
-            elif x not in seen:
-                hits += len(seen) + new < C
-                new += 1
+        hits += judged_hits(keys, cache, seen, C)
+        accesses += len(keys)
         seen.update(keys)
         done: set[int] = set()
 
