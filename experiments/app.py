@@ -97,13 +97,14 @@ def _run(cfg: DictConfig) -> None:
         "inputs": inputs,
         "gpu_memory": result.gpu_memory.to_dict(),
     }
-    if run.cache.sizing != "uniform":
+    if run.cache.sizing != "uniform" or run.cache.capacity == "auto":
         document["cache_capacities"] = result.capacities
     write_run(out_dir, document, result.metrics.layer_table(), result.metrics.timeline)
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
     prefetch = f" prefetch={cfg.prefetch._target_.rsplit('.', 1)[-1]}" if cfg.prefetch._target_ else ""
     rows = ", MoLE table rows in its bytes" if result.model.kind == "mole" else ""
-    size = f"capacity={run.cache.capacity} ({run.cache.scope}{rows})" if run.cache.sizing == "uniform" else \
+    chosen = f"auto = {result.capacities[0]}" if run.cache.capacity == "auto" else run.cache.capacity
+    size = f"capacity={chosen} ({run.cache.scope}{rows})" if run.cache.sizing == "uniform" else \
         f"{sum(result.capacities)} slots sized by {run.cache.sizing} ({min(result.capacities)}..{max(result.capacities)} per layer)"
     print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} {size}{prefetch}: "
           f"hit rate {summary['hit_rate']:.4f}{timing} -> {out_dir}")

@@ -9,7 +9,7 @@ from importlib.resources import files
 from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simulator.errors import InputError, one_line
 
@@ -38,13 +38,22 @@ class HardwareConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    capacity: int = Field(ge=1)
+    capacity: int | str
+    """Slots per layer (scope layer) or in all (global); `auto`: what the GPU's memory leaves after the non-expert
+    weights and the KV reserve (simulator.gpu_memory), per layer or in all."""
     scope: Literal["global", "layer"] = "layer"
     reset_per_sequence: bool = False
     sizing: Literal["uniform", "adapmoe"] = "uniform"
     """`uniform`: every layer `capacity` slots. `adapmoe`: a budget of slots shared among the layers by AdapMoE's
     dynamic programming over per-layer LRU miss curves (policies.layer_sizing); scope `layer` only."""
     budget: int | None = Field(default=None, ge=1)
+
+    @field_validator("capacity")
+    @classmethod
+    def _slots_or_auto(cls, value):
+        if value != "auto" and (isinstance(value, str) or value < 1):
+            raise ValueError("must be an integer ≥ 1 or 'auto'")
+        return value
     """Total slots for `sizing=adapmoe`; None: capacity × MoE layers (the uniform cache's total)."""
     sizing_trace: str | None = None
     """The trace whose miss curves size the layers; None: the replayed trace itself (an offline allocation)."""

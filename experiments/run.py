@@ -132,17 +132,19 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
     return prefetcher
 
 
-def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel) -> int | list[int]:
-    """`cache.capacity`, or with `cache.sizing=adapmoe` each layer's share of the budget, chosen by AdapMoE's DP over
-    the per-layer LRU miss curves of `cache.sizing_trace` (default: the replayed trace)."""
+def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, hardware: HardwareProfile) -> int | list[int]:
+    """`cache.capacity` (`auto`: what the GPU's memory leaves), or with `cache.sizing=adapmoe` each layer's share of
+    the budget, chosen by AdapMoE's DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the
+    replayed trace)."""
     c = run.cache
+    capacity = auto_capacity(run, trace, model, hardware) if c.capacity == "auto" else c.capacity
     if c.sizing == "uniform":
         if c.budget is not None or c.sizing_trace is not None:
             raise InputError("cache.budget / cache.sizing_trace: they size layers for cache.sizing=adapmoe, not uniform")
-        return c.capacity
+        return capacity
     if c.scope != "layer":
         raise InputError(f"cache.sizing=adapmoe: sizes each layer's cache; needs cache.scope=layer, not {c.scope}")
-    budget = c.budget if c.budget is not None else c.capacity * model.moe_layers
+    budget = c.budget if c.budget is not None else capacity * model.moe_layers
     least, most = model.top_k * model.moe_layers, model.total_experts
     if not least <= budget <= most:
         raise InputError(f"cache.budget: {budget} is outside {least}..{most} (top_k={model.top_k} to all "
@@ -183,6 +185,20 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
 
     return MemoryHierarchy(link(h2d, "h2d"), model.experts_per_layer, nvme=link(hardware.nvme, "nvme"),
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
+
+
+def auto_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, hardware: HardwareProfile) -> int:
+    """`cache.capacity=auto`: the experts the GPU's memory holds after the non-expert weights and the KV reserve,
+    per layer (scope layer) or in all (global), at most every expert; one line when that is fewer than top_k."""
+    use = checked_gpu_memory(model, hardware, 0, trace)
+    slots = (use.memory_bytes - use.non_expert_bytes - use.kv_reserve_bytes) // model.bytes_per_expert
+    per_layer = run.cache.scope == "layer"
+    capacity = min(slots // model.moe_layers, model.experts_per_layer) if per_layer else min(slots, model.total_experts)
+    if capacity < model.top_k:
+        raise InputError(f"cache.capacity=auto: hardware={hardware.name}'s GPU memory leaves room for {slots:,} "
+                         f"experts of {_gb(model.bytes_per_expert)}, fewer than top_k={model.top_k} "
+                         f"{'per layer' if per_layer else 'in all'}")
+    return int(capacity)
 
 
 def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, slots: int, trace: TraceFile) -> GpuMemory:
@@ -235,7 +251,7 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     hardware = load_profile(run.hardware.profile)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
-        cache_capacity(run, trace, model),
+        cache_capacity(run, trace, model, hardware),
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,

@@ -64,3 +64,29 @@ def test_an_expert_cache_too_big_warns_and_records_it(tmp_path):
     doc = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
     assert doc["metrics"]["fits_gpu_memory"] is False and doc["gpu_memory"]["context_tokens"] == 3
     assert doc["gpu_memory"]["expert_cache_bytes"] == 45_097_156_608
+
+
+def test_auto_capacity_takes_what_the_memory_leaves(tmp_path):
+    # Mixtral on an RTX 3090 (24 GiB = 25,769,803,776 B): minus non-expert 2,686,451,712 B and the KV of one 3-token
+    # request (393,216 B) leaves 23,082,958,848 B = 65 experts of 352,321,536 B: 65 // 32 = 2 per layer, or 65 in
+    # all. At int4 (88,080,384 B) 262 experts: 8 per layer, all of them.
+    trace = _trace(tmp_path / "mx.parquet", get_preset("mixtral-8x7b"))
+    for args, expected in ((("cache.scope=layer",), [2] * 32), (("cache.scope=global",), [65]),
+                           (("model.dtype=int4",), [8] * 32)):
+        out = tmp_path / "_".join(args).replace("=", "-").replace(".", "-")
+        out.mkdir()
+        done = moe_sim(f"trace.path={trace}", "hardware=rtx3090_pcie4", "cache.capacity=auto", "replay.timed=false",
+                       *args, cwd=out)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads((run_dir(out) / "metrics.json").read_text())
+        assert doc["cache_capacities"] == expected, args
+        assert doc["metrics"]["fits_gpu_memory"] is True
+
+
+def test_auto_capacity_below_top_k_is_one_line(tmp_path):
+    # Mixtral at fp32 (704.6 MB per expert) on 24 GiB: 2.69 GB of weights leave 32 experts, 1 per layer < top_k 2.
+    trace = _trace(tmp_path / "mx.parquet", get_preset("mixtral-8x7b"))
+    done = moe_sim(f"trace.path={trace}", "hardware=rtx3090_pcie4", "cache.capacity=auto", "model.dtype=fp32",
+                   "replay.timed=false", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cache.capacity=auto" in done.stderr and "top_k=2" in done.stderr
