@@ -141,6 +141,7 @@ IMPORTERS = Registry("import format", {
     "vllm-routed": "traces.importers.vllm_routed",
     "sglang-routed": "traces.importers.sglang_routed",
     "routed-npy": "traces.importers.routed_npy",
+    "megatron-routing": "traces.importers.megatron_routing",
 })
 """`moe-trace import --format NAME`: each entry is a module with `import_files(inputs, out, model)` and
 `DEFAULT_MODEL` (a preset name, or None where the files do not name the model)."""
