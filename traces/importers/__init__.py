@@ -144,4 +144,5 @@ IMPORTERS = Registry("import format", {
     "megatron-routing": "traces.importers.megatron_routing",
 })
 """`moe-trace import --format NAME`: each entry is a module with `import_files(inputs, out, model)` and
-`DEFAULT_MODEL` (a preset name, or None where the files do not name the model)."""
+`DEFAULT_MODEL` (a preset name, or None where the files do not name the model); `long`'s also takes `columns`, the
+text of `--columns`."""
