@@ -104,6 +104,7 @@ def test_vllm_merged_npy_and_split_lists_round_trip(tmp_path):
     assert [(r["id"], r.get("choice"), r["prompt_tokens"], r["decode_tokens"]) for r in requests] == [
         ("cmpl-a", 0, 4, 3), ("cmpl-b", 0, 3, 5), ("cmpl-b", 1, 3, 2)]
     assert trace.meta.provenance["source_format"] == "vllm-routed" and trace.meta.moe_layer_ids == [0, 1]
+    assert trace.meta.provenance["files"] == ["r.jsonl"] and "last sampled token" in trace.meta.provenance["guesses"]
     assert "3 request(s): 10 prompt tokens (prefill), 10 decode tokens" in summary.notes[0]
     assert "4 (token, layer) rows hold -1 only" in summary.notes[0]  # 2 cached rows in each of the 2 choices
 
@@ -316,6 +317,7 @@ def test_megatron_passes_become_sequences(tmp_path):
     entries = trace.meta.provenance["sequences"]
     assert [(e["step"], e["pass"], e["tokens"]) for e in entries] == [(0, 0, 3), (0, 1, 4), (1, 0, 3), (1, 1, 4)]
     assert trace.meta.provenance["mtp_records_skipped"] == 4 and "skipped 4 MTP record(s)" in summary.notes[0]
+    assert "forward pass" in trace.meta.provenance["guesses"]
 
 
 def megatron_file(path, *records):

@@ -74,7 +74,8 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
         "importer_version": IMPORTER_VERSION,
         "files": [p.name for p in files],
         "layer_mapping": f"the {len(order)} distinct decoder layer numbers in ascending order became MoE layers 0..{len(order) - 1}",
-        "sequence_is": "one forward pass: the j-th record of each layer in a step; tokens in the pass's row order",
+        "guesses": "a sequence is one forward pass, the j-th record of each layer in a step; its tokens are in the "
+                   "pass's row order (a sample's own order only for micro-batch size 1)",
         "mtp_records_skipped": mtp[0],
         "sequences": sequences,
     })

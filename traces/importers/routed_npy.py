@@ -48,8 +48,8 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
         "source_format": "routed-npy",
         "importer": __name__,
         "importer_version": IMPORTER_VERSION,
-        "conventions": ".npz: prompt_routed_experts rows then routed_experts, or routed_experts with its first "
-                       "prompt_tokens rows the prompt; .npy: no prompt/output split",
+        "guesses": ".npz keys are vLLM's names: prompt_routed_experts rows then routed_experts, or routed_experts "
+                   "with its first prompt_tokens rows the prompt; .npy: no prompt/output split",
     })
 
 

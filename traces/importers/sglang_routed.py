@@ -50,8 +50,8 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
         "source_format": "sglang-routed",
         "importer": __name__,
         "importer_version": IMPORTER_VERSION,
-        "conventions": "flat int32 shaped [prompt + completion - 1, layers, top_k]; the first prompt_tokens rows are "
-                       "the prompt; the last sampled token has no row; all-0 layers are dense and dropped",
+        "guesses": "flat int32 shaped [prompt + completion - 1, layers, top_k]; the first prompt_tokens rows are "
+                   "the prompt; the last sampled token has no row; all-0 layers are dense and dropped",
     })
 
 

@@ -51,8 +51,8 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
         "source_format": "vllm-routed",
         "importer": __name__,
         "importer_version": IMPORTER_VERSION,
-        "conventions": "one sequence per choice; prompt rows from prompt_routed_experts, else the first prompt-length "
-                       "rows (prompt_token_ids or usage.prompt_tokens); the last sampled token has no row",
+        "guesses": "one sequence per choice; prompt rows from prompt_routed_experts, else the first prompt-length "
+                   "rows (prompt_token_ids or usage.prompt_tokens); the last sampled token has no row",
     })
 
 
