@@ -53,9 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.parquet")
     p.add_argument("--model", metavar="PRESET|FILE",
                    help="model preset, Hugging Face config.json or .yaml of MoEModel fields (default: moe-beyond and "
-                        "moe-infinity-eam deepseek-v2-lite, vllm-jsonl mixtral-8x7b; required for moe-lrc and long)")
+                        "moe-infinity-eam deepseek-v2-lite, vllm-jsonl mixtral-8x7b; required for the others)")
     p.add_argument("--dtype", help="stored expert weight type, e.g. fp16, fp8, int4 (default: fp16 for a preset, the "
                                    "file's for a file)")
+    p.add_argument("--columns", metavar="FIELD=SOURCE,...",
+                   help="--format long only: where each field comes from, e.g. experts=indices,weights=scores,"
+                        "layer=@file,sequence=@row//2048,token=@row%%2048 (sources: a column, @file, @row, @row//N, "
+                        "@row%%N, a number)")
     p.set_defaults(run=_import)
 
     d = SynthParams()
@@ -114,12 +118,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import(args) -> None:
     importer = IMPORTERS.load(args.format)
+    if args.columns is not None and args.format != "long":
+        raise InputError(f"arguments: --columns applies to --format long only, not {args.format}")
     name = args.model or importer.DEFAULT_MODEL
     if name is None:
         raise InputError(f"arguments: --model is required for --format {args.format} (its files do not name the model)")
     model = load_model(name, args.dtype)
     start = time.perf_counter()
-    summary = importer.import_files(args.inputs, _output(args.output), model)
+    options = {} if args.columns is None else {"columns": args.columns}
+    summary = importer.import_files(args.inputs, _output(args.output), model, **options)
     for note in summary.notes:
         _say(f"note: {note}")
     print(f"wrote {summary.path}: {summary.rows:,} rows, {summary.sequences:,} sequence(s), {summary.tokens:,} tokens "

@@ -1,11 +1,12 @@
 """Importers of public routing-trace formats into our Parquet format (one module per format).
 
-What they share lives here: turning command-line inputs (files or folders) into an ordered file list, the
-summary an import returns, and writing per-file chunks as row groups of a sensible size.
+What they share lives here: turning command-line inputs (files or folders) into an ordered file list, reading JSON
+lines, the summary an import returns, and writing per-file chunks as row groups of a sensible size.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,25 @@ def expand_inputs(inputs: Iterable[str | Path], suffix: str) -> list[Path]:
     if not files:
         raise InputError("input: no input files given")
     return files
+
+
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """The objects of a JSON-lines file with their line numbers, blank lines skipped; a line that is not a JSON
+    object is an InputError naming the file and line."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path}: line {number}: json: {err.msg} at column {err.colno}") from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{path}: line {number}: json: {type(obj).__name__} is not an object")
+                yield number, obj
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: read: {err}") from None
 
 
 def concat_chunks(chunks: list[TraceChunk]) -> TraceChunk:
@@ -118,6 +138,11 @@ IMPORTERS = Registry("import format", {
     "moe-infinity-eam": "traces.importers.moe_infinity_eam",
     "moe-lrc": "traces.importers.moe_lrc",
     "long": "traces.importers.long_format",
+    "vllm-routed": "traces.importers.vllm_routed",
+    "sglang-routed": "traces.importers.sglang_routed",
+    "routed-npy": "traces.importers.routed_npy",
+    "megatron-routing": "traces.importers.megatron_routing",
 })
 """`moe-trace import --format NAME`: each entry is a module with `import_files(inputs, out, model)` and
-`DEFAULT_MODEL` (a preset name, or None where the files do not name the model)."""
+`DEFAULT_MODEL` (a preset name, or None where the files do not name the model); `long`'s also takes `columns`, the
+text of `--columns`."""

@@ -9,10 +9,13 @@ Columns (CSV with a header, or Parquet; other columns are ignored):
   weight    number        optional gate weight
 The rows of one (sequence, token, layer) are its routed experts in router order (their order in the input).
 Several inputs are concatenated in order (then sorted); a folder stands for its .csv and .parquet files.
+`--columns` reads the fields from other columns, file names or row numbers, and takes a Parquet column of lists as
+the experts of one (sequence, token, layer) per row (traces/importers/column_map.py).
 
 A (sequence, token, layer) with fewer than top_k rows is padded with -1 ("no expert recorded": no access), and a
 layer missing from a token that other layers have becomes an all -1 row; both are counted in the import notes.
-More than top_k rows, a repeated expert, or a value out of range is an error naming the file, row, field and value.
+More than top_k rows, a repeated expert, or a value out of range is an error naming the file, row, field and value;
+so is a list of experts whose length is not top_k.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from simulator.errors import InputError
 from simulator.model import MoEModel
 from traces.format import TraceChunk, TraceMeta
 from traces.importers import ImportSummary, expand_inputs, write_chunks
+from traces.importers.column_map import ColumnMap
 
 IMPORTER_VERSION = 1
 DEFAULT_MODEL = None
@@ -42,12 +46,14 @@ _INT = r"^\s*-?\d{1,10}\s*$"
 _FLOAT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$|^\s*(nan|NaN)\s*$"
 
 
-def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel | None = None) -> ImportSummary:
-    """Import long-format files into one trace."""
+def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel | None = None,
+                 columns: str | None = None) -> ImportSummary:
+    """Import long-format files into one trace; `columns` is `--columns` (column_map.py), None for the defaults."""
     if model is None:
         raise InputError("arguments: --model is required for --format long (the rows do not name their model)")
+    fields = ColumnMap.parse(columns)
     files = expand_inputs(inputs, SUFFIXES)
-    data, rows, has_weight = _read_columns(files)
+    data, rows, has_weight = _read_columns(files, fields, model)
     _check_ranges(data, model, rows)
     layer, moe_layer_ids, mapping = _map_layers(data, model, rows)
     groups = _Groups.of(data, layer, model, rows)
@@ -64,6 +70,7 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
         "importer": __name__,
         "importer_version": IMPORTER_VERSION,
         "files": [p.name for p in files],
+        "columns": fields.describe(),
         "layer_mapping": mapping,
         "missing_entries": missing_rows,
         "padded_entries": padded,
@@ -74,42 +81,55 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
 
 @dataclass
 class _Origins:
-    """Which file each row of the concatenated columns came from, to name the file and row of an error."""
+    """Which file and input row each row of the concatenated columns came from, to name the file, row and field of
+    an error (a row with a list of k experts became k rows)."""
 
-    starts: list[tuple[Path, int]] = field(default_factory=list)
-    """(file, its first row in the concatenation), in order."""
+    fields: ColumnMap
+    starts: list[tuple[Path, int, int]] = field(default_factory=list)
+    """(file, its first row in the concatenation, rows per input row), in order."""
 
     def where(self, row: int) -> str:
-        i = max(j for j, (_, first) in enumerate(self.starts) if first <= row)
-        path, first = self.starts[i]
-        return f"{path}: row {row - first + 1}"
+        i = max(j for j, (_, first, _) in enumerate(self.starts) if first <= row)
+        path, first, stride = self.starts[i]
+        return f"{path}: row {(row - first) // stride + 1}"
+
+    def at(self, row: int, name: str) -> str:
+        return f"{self.where(row)}: {self.fields.label(name)}"
 
 
-def _read_columns(files: list[Path]) -> tuple[dict[str, np.ndarray], _Origins, bool | None]:
-    """The files' columns concatenated in order, checked as numbers; where each row came from; whether they have
-    weights (all or none of them)."""
+def _read_columns(files: list[Path], fields: ColumnMap, model: MoEModel) -> tuple[dict[str, np.ndarray], _Origins, bool | None]:
+    """The files' fields concatenated in order (a row of k listed experts as k rows), checked as numbers; where each
+    row came from; whether they have weights (all or none of them)."""
     cols = {name: [] for name in REQUIRED + OPTIONAL}
-    origins = _Origins()
+    origins = _Origins(fields)
     has_weight = None
     total = 0
+    needed = [c for c in map(fields.column, REQUIRED) if c] + ([fields.column("weight")] if "weight" in fields.explicit else [])
+    weight = fields.column("weight")
     for path in files:
-        table = _read(path)
-        missing = [c for c in REQUIRED if c not in table.column_names]
+        table = _read(path, needed + [weight])
+        missing = [c for c in needed if c not in table.column_names]
         if missing:
+            optional = "" if "weight" in fields.explicit else f" and optionally {weight}"
             raise InputError(f"{path}: header: column '{missing[0]}' is missing (has {table.column_names[:8]}; "
-                             f"needs {', '.join(REQUIRED)} and optionally weight)")
-        weight_here = "weight" in table.column_names
+                             f"needs {', '.join(needed)}{optional})")
+        weight_here = weight in table.column_names
         if has_weight is not None and weight_here != has_weight:
-            raise InputError(f"{path}: header: 'weight' column {'present' if weight_here else 'absent'}, unlike {files[0].name}")
+            raise InputError(f"{path}: header: '{weight}' column {'present' if weight_here else 'absent'}, unlike {files[0].name}")
         has_weight = weight_here
         if table.num_rows == 0:
             raise InputError(f"{path}: rows: the file has no rows")
-        for name in REQUIRED:
-            cols[name].append(_integers(table, name, path))
+        experts, stride = _experts(table, fields, path, model)
+        cols["expert"].append(experts)
+        for name in ("sequence", "token", "layer"):
+            column = fields.column(name)
+            values = (_integers(table[column], column, fields.label(name), path) if column
+                      else fields.derived(name, path, table.num_rows))
+            cols[name].append(np.repeat(values, stride))
         if weight_here:
-            cols["weight"].append(_floats(table, "weight", path))
-        origins.starts.append((path, total))
-        total += table.num_rows
+            cols["weight"].append(_weights(table, fields, path, stride))
+        origins.starts.append((path, total, stride))
+        total += table.num_rows * stride
     return {name: np.concatenate(parts) for name, parts in cols.items() if parts}, origins, has_weight
 
 
@@ -120,7 +140,7 @@ def _check_ranges(data: dict[str, np.ndarray], model: MoEModel, rows: _Origins) 
         values = data[name]
         bad = np.flatnonzero((values < 0) | ((values > hi) if hi is not None else False))
         if bad.size:
-            raise InputError(f"{rows.where(int(bad[0]))}: field '{name}': {values[bad[0]]} is outside 0..{hi if hi is not None else ''}")
+            raise InputError(f"{rows.at(int(bad[0]), name)}: {values[bad[0]]} is outside 0..{hi if hi is not None else ''}")
 
 
 def _map_layers(data: dict[str, np.ndarray], model: MoEModel, rows: _Origins) -> tuple[np.ndarray, list[int], str]:
@@ -133,7 +153,7 @@ def _map_layers(data: dict[str, np.ndarray], model: MoEModel, rows: _Origins) ->
         return (np.searchsorted(layer_ids, data["layer"]), layer_ids.tolist(),
                 f"the {L} distinct layer values in ascending order became MoE layers 0..{L - 1}")
     row = int(np.flatnonzero(data["layer"] >= L)[0])
-    raise InputError(f"{rows.where(row)}: field 'layer': {data['layer'][row]} is not an MoE layer index 0..{L - 1}, and the "
+    raise InputError(f"{rows.at(row, 'layer')}: {data['layer'][row]} is not an MoE layer index 0..{L - 1}, and the "
                      f"input has {len(layer_ids)} distinct layer values, not {model.name}'s {L} layer numbers")
 
 
@@ -176,7 +196,7 @@ class _Groups:
         bad = np.flatnonzero(sizes > k)
         if bad.size:
             g = int(bad[0])
-            raise InputError(f"{rows.where(int(order[starts[g] + k]))}: field 'expert': {named(g)} has {sizes[g]} experts, "
+            raise InputError(f"{rows.at(int(order[starts[g] + k]), 'expert')}: {named(g)} has {sizes[g]} experts, "
                              f"{model.name} routes top_k={k}")
         experts = np.full((len(starts), k), -1, dtype=np.int16)
         experts[group, slot] = data["expert"][order]
@@ -184,7 +204,7 @@ class _Groups:
         bad = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
         if bad.size:
             g = int(bad[0])
-            raise InputError(f"{rows.where(int(order[starts[g]]))}: field 'expert': {named(g)} repeats an expert: "
+            raise InputError(f"{rows.at(int(order[starts[g]]), 'expert')}: {named(g)} repeats an expert: "
                              f"{experts[g].tolist()}")
         return cls(order, seq, tok, lay, starts, group, slot, sizes, experts)
 
@@ -215,11 +235,13 @@ def _grid_chunk(groups: _Groups, data: dict[str, np.ndarray], model: MoEModel, h
     return chunk, tokens
 
 
-def _read(path: Path) -> pa.Table:
+def _read(path: Path, columns: list[str]) -> pa.Table:
+    """The file's `columns` (those it has): Parquet as typed, CSV as text (our checks, our messages)."""
     try:
         if path.name.endswith((".parquet", ".pq")):
-            return pq.read_table(path)
-        text_types = {name: pa.string() for name in REQUIRED + OPTIONAL}  # our checks, our messages
+            present = set(pq.read_schema(path).names)
+            return pq.read_table(path, columns=[c for c in dict.fromkeys(columns) if c in present])
+        text_types = {name: pa.string() for name in columns}
         return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=text_types, strings_can_be_null=True))
     except (pa.ArrowException, OSError) as err:
         text = str(err).strip().splitlines()
@@ -227,26 +249,67 @@ def _read(path: Path) -> pa.Table:
         raise InputError(f"{path}: {kind}: {text[0] if text else type(err).__name__}") from None
 
 
-def _integers(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    return _numbers(table, name, path, _INT, "an integer", pa.types.is_integer, pa.int64())
+def _experts(table: pa.Table, fields: ColumnMap, path: Path, model: MoEModel) -> tuple[np.ndarray, int]:
+    """The expert ids, flat, and how many each input row holds: 1, or top_k from a column of lists."""
+    name = fields.column("expert")
+    column, label = table[name], fields.label("expert")
+    if not _is_list(column.type):
+        return _integers(column, name, label, path), 1
+    _check_lengths(column, label, path, model.top_k, f"experts, {model.name} routes top_k={model.top_k}")
+    return _integers(pc.list_flatten(column), name, label, path, model.top_k), model.top_k
 
 
-def _floats(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    return _numbers(table, name, path, _FLOAT, "a number",
+def _weights(table: pa.Table, fields: ColumnMap, path: Path, stride: int) -> np.ndarray:
+    """The gate weights, flat: one number per row, or lists as long as the rows' lists of experts."""
+    name = fields.column("weight")
+    column, label = table[name], fields.label("weight")
+    if _is_list(column.type) != (stride > 1):
+        shape = "lists" if stride > 1 else "one number"
+        raise InputError(f"{path}: column '{name}': {label} must hold {shape} per row, as column "
+                         f"'{fields.column('expert')}' does")
+    if stride == 1:
+        return _floats(column, name, label, path)
+    _check_lengths(column, label, path, stride, f"weights for its {stride} experts")
+    return _floats(pc.list_flatten(column), name, label, path, stride)
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _check_lengths(column, label: str, path: Path, k: int, why: str) -> None:
+    """Every row of a list column holds exactly k values."""
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: row {row + 1}: {label}: empty")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != k)
+    if bad.size:
+        raise InputError(f"{path}: row {bad[0] + 1}: {label}: {column[int(bad[0])].as_py()!r} has {lengths[bad[0]]} "
+                         f"values, not {k} {why}")
+
+
+def _integers(column, name: str, label: str, path: Path, stride: int = 1) -> np.ndarray:
+    return _numbers(column, name, label, path, stride, _INT, "an integer", pa.types.is_integer, pa.int64())
+
+
+def _floats(column, name: str, label: str, path: Path, stride: int = 1) -> np.ndarray:
+    return _numbers(column, name, label, path, stride, _FLOAT, "a number",
                     lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), pa.float64())
 
 
-def _numbers(table: pa.Table, name: str, path: Path, pattern: str, noun: str, accepts, target: pa.DataType) -> np.ndarray:
-    """A column as numbers: text (CSV) checked against `pattern` row by row, typed (Parquet) checked by `accepts`."""
-    column = table[name]
+def _numbers(column, name: str, label: str, path: Path, stride: int, pattern: str, noun: str, accepts,
+             target: pa.DataType) -> np.ndarray:
+    """A column (`name`; `stride` values per input row where it is a flattened list column) as numbers: text (CSV)
+    checked against `pattern` row by row, typed (Parquet) checked by `accepts`."""
     if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {row + 1}: field '{name}': empty")
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) // stride
+        raise InputError(f"{path}: row {row + 1}: {label}: empty")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(~ok)
         if bad.size:
-            raise InputError(f"{path}: row {bad[0] + 1}: field '{name}': {column[int(bad[0])].as_py()!r} is not {noun}")
+            raise InputError(f"{path}: row {bad[0] // stride + 1}: {label}: {column[int(bad[0])].as_py()!r} is not {noun}")
         return pc.cast(pc.utf8_trim_whitespace(column), target).to_numpy()
     if not accepts(column.type):
         raise InputError(f"{path}: column '{name}': type {column.type} is not {noun} type")

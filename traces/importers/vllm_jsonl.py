@@ -28,7 +28,7 @@ from simulator.errors import InputError
 from simulator.model import MoEModel
 from simulator.presets import get_preset
 from traces.format import PHASES, TraceChunk, TraceMeta
-from traces.importers import ImportSummary, expand_inputs, write_chunks
+from traces.importers import ImportSummary, expand_inputs, jsonl_objects, write_chunks
 
 IMPORTER_VERSION = 1
 DEFAULT_MODEL = "mixtral-8x7b"
@@ -53,13 +53,8 @@ def read_jsonl(path: str | Path, model: MoEModel, first_sequence: int) -> tuple[
     with each sequence's shape and gap counts."""
     path = Path(path)
     groups: dict[tuple, _Rows] = {}
-    try:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    _add_row(groups, line, path, number, model)
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: read: {err}") from None
+    for number, obj in jsonl_objects(path):
+        _add_row(groups, obj, path, number, model)
     if not groups:
         raise InputError(f"{path}: rows: the file has no rows")
     placed = [_place(rows, path, model, first_sequence + i) for i, rows in enumerate(groups.values())]
@@ -101,15 +96,9 @@ def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel 
     return ImportSummary(Path(out), rows, n_seq, tokens, notes=[note])
 
 
-def _add_row(groups: dict[tuple, _Rows], line: str, path: Path, number: int, model: MoEModel) -> None:
-    """Check one log line and append it to its sequence's rows."""
+def _add_row(groups: dict[tuple, _Rows], obj: dict, path: Path, number: int, model: MoEModel) -> None:
+    """Check one log line's object and append it to its sequence's rows."""
     where = f"{path}: line {number}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: json: {err.msg} at column {err.colno}") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: json: {type(obj).__name__} is not an object")
     for name in FIELDS:
         if name not in obj:
             raise InputError(f"{where}: field '{name}' is missing")
