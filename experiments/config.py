@@ -47,6 +47,9 @@ class CacheConfig(_Strict):
     """`uniform`: every layer `capacity` slots. `adapmoe`: a budget of slots shared among the layers by AdapMoE's
     dynamic programming over per-layer LRU miss curves (policies.layer_sizing); scope `layer` only."""
     budget: int | None = Field(default=None, ge=1)
+    """Total slots for `sizing=adapmoe`; None: capacity × MoE layers (the uniform cache's total)."""
+    sizing_trace: str | None = None
+    """The trace whose miss curves size the layers; None: the replayed trace itself (an offline allocation)."""
 
     @field_validator("capacity")
     @classmethod
@@ -54,9 +57,6 @@ class CacheConfig(_Strict):
         if value != "auto" and (isinstance(value, str) or value < 1):
             raise ValueError("must be an integer ≥ 1 or 'auto'")
         return value
-    """Total slots for `sizing=adapmoe`; None: capacity × MoE layers (the uniform cache's total)."""
-    sizing_trace: str | None = None
-    """The trace whose miss curves size the layers; None: the replayed trace itself (an offline allocation)."""
 
 
 class MemoryConfig(_Strict):

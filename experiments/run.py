@@ -19,10 +19,10 @@ from simulator.cache import ExpertCache
 from simulator.cache_policy import CachePolicy
 from simulator.compute import miss_costs, step_costs
 from simulator.errors import InputError
+from simulator.gpu_memory import GpuMemory, gpu_memory
 from simulator.hardware import HardwareProfile
 from simulator.link import Link
 from simulator.memory import MemoryHierarchy
-from simulator.gpu_memory import GpuMemory, gpu_memory
 from simulator.metrics import Metrics
 from simulator.miss_handler import MissHandler
 from simulator.model import MoEModel
@@ -41,8 +41,8 @@ class RunResult:
     hardware: HardwareProfile
     trace: TraceFile
     capacities: list[int]
-    gpu_memory: GpuMemory
     """Slots per policy instance (one per MoE layer, or one for a global cache)."""
+    gpu_memory: GpuMemory
 
 
 def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
@@ -132,12 +132,13 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
     return prefetcher
 
 
-def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, hardware: HardwareProfile) -> int | list[int]:
-    """`cache.capacity` (`auto`: what the GPU's memory leaves), or with `cache.sizing=adapmoe` each layer's share of
-    the budget, chosen by AdapMoE's DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the
+def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, memory: GpuMemory,
+                   hardware: HardwareProfile) -> int | list[int]:
+    """`cache.capacity` (`auto`: what `memory` leaves for experts), or with `cache.sizing=adapmoe` each layer's share
+    of the budget, chosen by AdapMoE's DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the
     replayed trace)."""
     c = run.cache
-    capacity = auto_capacity(run, trace, model, hardware) if c.capacity == "auto" else c.capacity
+    capacity = auto_capacity(run.cache.scope, model, memory, hardware) if c.capacity == "auto" else c.capacity
     if c.sizing == "uniform":
         if c.budget is not None or c.sizing_trace is not None:
             raise InputError("cache.budget / cache.sizing_trace: they size layers for cache.sizing=adapmoe, not uniform")
@@ -187,12 +188,11 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
-def auto_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, hardware: HardwareProfile) -> int:
-    """`cache.capacity=auto`: the experts the GPU's memory holds after the non-expert weights and the KV reserve,
-    per layer (scope layer) or in all (global), at most every expert; one line when that is fewer than top_k."""
-    use = checked_gpu_memory(model, hardware, 0, trace)
-    slots = (use.memory_bytes - use.non_expert_bytes - use.kv_reserve_bytes) // model.bytes_per_expert
-    per_layer = run.cache.scope == "layer"
+def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: HardwareProfile) -> int:
+    """`cache.capacity=auto`: the experts `memory` has room for after the non-expert weights and the KV reserve, per
+    layer (scope layer) or in all (global), at most every expert; one line when that is fewer than top_k."""
+    slots = memory.free_for_experts_bytes // model.bytes_per_expert
+    per_layer = scope == "layer"
     capacity = min(slots // model.moe_layers, model.experts_per_layer) if per_layer else min(slots, model.total_experts)
     if capacity < model.top_k:
         raise InputError(f"cache.capacity=auto: hardware={hardware.name}'s GPU memory leaves room for {slots:,} "
@@ -201,11 +201,12 @@ def auto_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, hardware: H
     return int(capacity)
 
 
-def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, slots: int, trace: TraceFile) -> GpuMemory:
-    """The GPU memory the run takes (simulator.gpu_memory); refused in one line when the weights and one request's
-    KV cache leave no room for any expert. An expert cache too big for what is left still runs: the caller warns."""
-    use = gpu_memory(model, hardware.gpu.memory_bytes, slots, trace.context_tokens())
-    if not use.room_for_experts:
+def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, trace: TraceFile) -> GpuMemory:
+    """The GPU memory the run takes before any expert (simulator.gpu_memory); refused in one line when the weights
+    and one request's KV cache leave no room for an expert. An expert cache too big for what is left still runs: the
+    caller warns."""
+    use = gpu_memory(model, hardware.gpu.memory_bytes, 0, trace.context_tokens())
+    if use.free_for_experts_bytes <= 0:
         raise InputError(f"hardware={hardware.name}: its {_gb(use.memory_bytes)} of GPU memory cannot hold {model.name}'s "
                          f"non-expert weights ({_gb(use.non_expert_bytes)}) and one request's KV cache "
                          f"({_gb(use.kv_reserve_bytes)}, {use.context_tokens:,} tokens), before any expert")
@@ -249,14 +250,15 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     if model.kind == "mole" and not trace.has_token_id:
         raise InputError(f"model.kind=mole: {trace.path} has no 'token_id' column (lookup tables are keyed by token id)")
     hardware = load_profile(run.hardware.profile)
+    without_experts = checked_gpu_memory(model, hardware, trace)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
-        cache_capacity(run, trace, model, hardware),
+        cache_capacity(run, trace, model, without_experts, hardware),
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
-    memory_use = checked_gpu_memory(model, hardware, sum(cache.capacities), trace)
+    memory_use = without_experts.with_expert_cache(sum(cache.capacities), model.bytes_per_expert)
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []

@@ -16,7 +16,7 @@ model shape carries no vocabulary size), activations, the CUDA context and alloc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from simulator.model import MoEModel
 
@@ -57,9 +57,13 @@ class GpuMemory:
         return self.needed_bytes <= self.memory_bytes
 
     @property
-    def room_for_experts(self) -> bool:
-        """Whether the weights and the KV reserve leave any memory at all for an expert cache."""
-        return self.non_expert_bytes + self.kv_reserve_bytes < self.memory_bytes
+    def free_for_experts_bytes(self) -> int:
+        """What the weights and the KV reserve leave of the memory for an expert cache (negative: less than none)."""
+        return self.memory_bytes - self.non_expert_bytes - self.kv_reserve_bytes
+
+    def with_expert_cache(self, slots: int, bytes_per_expert: int) -> "GpuMemory":
+        """The same machine and request, with an expert cache of `slots` experts."""
+        return replace(self, expert_cache_bytes=slots * bytes_per_expert)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "needed_bytes": self.needed_bytes, "fits_gpu_memory": self.fits}

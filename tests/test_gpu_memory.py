@@ -33,7 +33,7 @@ def test_mixtral_offloadings_four_of_eight_at_fp16_do_not_fit_24_gib():
     assert use.non_expert_bytes == 32 * 41_975_808 * 2
     assert use.kv_reserve_bytes == 218 * 131_072
     assert use.needed_bytes == use.expert_cache_bytes + use.non_expert_bytes + use.kv_reserve_bytes
-    assert not use.fits and use.room_for_experts
+    assert not use.fits and use.free_for_experts_bytes > 0
     at_int4 = gpu_memory(get_preset("mixtral-8x7b", "int4"), 24 * GIB, 32 * 4, 218)
     assert at_int4.fits and at_int4.expert_cache_bytes == use.expert_cache_bytes // 4
     assert gpu_memory(model, 24 * GIB, 32 * 4, 218, requests=8).kv_reserve_bytes == 8 * 218 * 131_072
