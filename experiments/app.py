@@ -30,6 +30,7 @@ from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
+from policies.schedulers import SCHEDULERS
 from simulator.errors import InputError
 from simulator.presets import PRESETS
 
@@ -55,6 +56,8 @@ def register_config_groups() -> None:
     for name, entry in MISS_HANDLERS.items():
         node = {"_target_": None} if entry is None else class_node(entry, MISS_HANDLERS.load(name), ())
         cs.store(group="miss", name=name, node=node)
+    for name, entry in SCHEDULERS.items():
+        cs.store(group="scheduler", name=name, node=class_node(entry, SCHEDULERS.load(name), ()))
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None, "kind": None})
     for name in PRESETS:
         cs.store(group="model", name=name, node={"preset": name, "dtype": None, "kind": None})
@@ -99,14 +102,20 @@ def _run(cfg: DictConfig) -> None:
     }
     if run.cache.sizing != "uniform" or run.cache.capacity == "auto":
         document["cache_capacities"] = result.capacities
-    write_run(out_dir, document, result.metrics.layer_table(), result.metrics.timeline)
+    write_run(out_dir, document, result.metrics.layer_table(), result.metrics.timeline, result.metrics.requests,
+              result.metrics.iterations)
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
     prefetch = f" prefetch={cfg.prefetch._target_.rsplit('.', 1)[-1]}" if cfg.prefetch._target_ else ""
     rows = ", MoLE table rows in its bytes" if result.model.kind == "mole" else ""
     chosen = f"auto = {result.capacities[0]}" if run.cache.capacity == "auto" else run.cache.capacity
     size = f"capacity={chosen} ({run.cache.scope}{rows})" if run.cache.sizing == "uniform" else \
         f"{sum(result.capacities)} slots sized by {run.cache.sizing} ({min(result.capacities)}..{max(result.capacities)} per layer)"
-    print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} {size}{prefetch}: "
+    served = ""
+    if run.serve.mode != "none":
+        served = f" batch<={run.serve.max_batch} ({run.serve.arrival})"
+        if result.metrics.timed:
+            timing += f", {summary['throughput_tok_s']:.1f} tok/s, TTFT p99 {summary['ttft_p99_s'] * 1e3:.1f} ms"
+    print(f"{cfg.policy._target_.rsplit('.', 1)[-1]} {size}{prefetch}{served}: "
           f"hit rate {summary['hit_rate']:.4f}{timing} -> {out_dir}")
 
 

@@ -79,6 +79,20 @@ class ReplayConfig(_Strict):
     progress: bool = True
 
 
+class ServeConfig(_Strict):
+    """`serve=none`: token by token, sequences back to back. `serve=continuous`: batched serving (simulator.serving)."""
+
+    mode: Literal["none", "continuous"] = "none"
+    max_batch: int = Field(default=1, ge=1)
+    max_batched_tokens: int = Field(default=2048, ge=1)
+    prompt_tokens: int = Field(default=0, ge=0)
+    """A request's prompt length where the trace has no phase column."""
+    arrival: Literal["offline", "poisson", "file"] = "offline"
+    rate_rps: float = Field(default=1.0, gt=0)
+    arrival_file: str | None = None
+    kv: Literal["static", "dynamic"] = "static"
+
+
 class RunConfig(_Strict):
     trace: TraceConfig
     model: ModelConfig
@@ -87,6 +101,8 @@ class RunConfig(_Strict):
     prefetch: dict = {"_target_": None}
     miss: dict = {"_target_": None}
     memory: MemoryConfig = MemoryConfig()
+    serve: ServeConfig = ServeConfig()
+    scheduler: dict = {"_target_": "policies.schedulers.FCFSScheduler"}
     cache: CacheConfig
     replay: ReplayConfig
     seed: int = 0

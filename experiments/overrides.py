@@ -20,7 +20,7 @@ from simulator.errors import InputError
 from traces.model_file import is_model_file
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss")
+GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss", "serve", "scheduler")
 SWEEP_SYNTAX = ("choice(", "range(", "glob(", "interval(")
 
 
@@ -57,7 +57,10 @@ def rewrite_args(argv: list[str]) -> list[str]:
 
 
 def known_options(group: str, config_dirs: list[Path]) -> set[str]:
-    names = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)} if group != "trace" else set()
+    try:
+        names = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)}
+    except OSError:  # a group only the shipped YAML files hold (trace, serve)
+        names = set()
     for d in [CONF_DIR, *config_dirs]:
         names |= {p.stem for p in (d / group).glob("*.yaml")}
     return names

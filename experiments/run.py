@@ -15,9 +15,10 @@ from policies.layer_sizing import layer_capacities, lru_miss_curves
 from policies.miss_handling import MISS_HANDLERS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
+from policies.schedulers import SCHEDULERS
 from simulator.cache import ExpertCache
 from simulator.cache_policy import CachePolicy
-from simulator.compute import miss_costs, step_costs
+from simulator.compute import batch_costs, miss_costs, step_costs
 from simulator.errors import InputError
 from simulator.gpu_memory import GpuMemory, gpu_memory
 from simulator.hardware import HardwareProfile
@@ -30,6 +31,11 @@ from simulator.prefetcher import Prefetcher
 from simulator.presets import with_dtype
 from simulator.registry import Registry
 from simulator.replay import Timing, replay
+from simulator.requests import Request, requests_from_tokens
+from simulator.scheduler import Scheduler, ServeLimits
+from simulator.serving import KvMemory, poisson_arrivals, serve
+from simulator.trace_rows import tokens as group_tokens
+from traces.arrivals import read_arrivals
 from traces.format import TraceFile
 from traces.model_file import load_model
 
@@ -201,16 +207,16 @@ def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: Hard
     return int(capacity)
 
 
-def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, trace: TraceFile) -> GpuMemory:
-    """The GPU memory the run takes before any expert (simulator.gpu_memory); refused in one line when the weights
-    and one request's KV cache leave no room for an expert. An expert cache too big for what is left still runs: the
-    caller warns."""
+def checked_gpu_memory(model: MoEModel, hardware: HardwareProfile, trace: TraceFile, requests: int = 1) -> GpuMemory:
+    """The GPU memory the run takes before any expert, with a KV reserve for `requests` requests at the trace's
+    longest context (simulator.gpu_memory); refused in one line when the weights and one request's KV cache leave no
+    room for an expert. An expert cache too big for what is left still runs: the caller warns."""
     use = gpu_memory(model, hardware.gpu.memory_bytes, 0, trace.context_tokens())
     if use.free_for_experts_bytes <= 0:
         raise InputError(f"hardware={hardware.name}: its {_gb(use.memory_bytes)} of GPU memory cannot hold {model.name}'s "
                          f"non-expert weights ({_gb(use.non_expert_bytes)}) and one request's KV cache "
                          f"({_gb(use.kv_reserve_bytes)}, {use.context_tokens:,} tokens), before any expert")
-    return use
+    return use if requests == 1 else gpu_memory(model, hardware.gpu.memory_bytes, 0, use.context_tokens, requests)
 
 
 def _gb(nbytes: int) -> str:
@@ -226,11 +232,41 @@ def memory_warning(use: GpuMemory, hardware: HardwareProfile) -> str | None:
             f"has {_gb(use.memory_bytes)}; it runs, with fits_gpu_memory=false in metrics.json")
 
 
+def make_requests(run: RunConfig, trace: TraceFile, tokens) -> list[Request]:
+    """The trace's sequences as requests: prompts from the trace's phase column (else `serve.prompt_tokens`),
+    arrivals by `serve.arrival`."""
+    prompts = trace.prompt_tokens() if trace.has_phase else run.serve.prompt_tokens
+    requests = requests_from_tokens(tokens, prompt_tokens=prompts)
+    sequences = [r.sequence for r in requests]
+    if run.serve.arrival == "poisson":
+        arrivals = poisson_arrivals(sequences, run.serve.rate_rps, run.seed)
+    elif run.serve.arrival == "file":
+        arrivals = read_arrivals(run.serve.arrival_file, sequences)
+    else:
+        arrivals = dict.fromkeys(sequences, 0.0)
+    for request in requests:
+        request.arrival_s = arrivals[request.sequence]
+    return requests
+
+
+def make_scheduler(run: RunConfig) -> Scheduler:
+    return built(configured_class(run.scheduler, Scheduler, SCHEDULERS, run.seed), SCHEDULERS, run.scheduler["_target_"])
+
+
 def check_combination(run: RunConfig) -> None:
     """Refuse, naming the value, the choices of the run's edge that cannot go together (README "Rules of
     combination"; the replay itself refuses the plug-ins that cannot go together)."""
     if run.memory.path == "gds" and run.memory.home != "nvme":
         raise InputError("memory.path=gds: GPUDirect Storage reads experts from NVMe; it needs memory.home=nvme")
+    serve = run.serve
+    if serve.mode == "none" and run.scheduler.get("_target_") != RunConfig.model_fields["scheduler"].default["_target_"]:
+        raise InputError("scheduler: it forms the batches of serve=continuous; serve=none replays token by token")
+    if (serve.arrival == "file") != (serve.arrival_file is not None):
+        raise InputError(f"serve.arrival_file: {serve.arrival_file!r} goes with serve.arrival=file (and only with it); "
+                         f"serve.arrival={serve.arrival}")
+    if serve.arrival != "offline" and not run.replay.timed:
+        raise InputError(f"serve.arrival={serve.arrival}: arrivals need the clock (replay.timed=true); the hit-rate-only "
+                         "replay serves offline (all requests at t=0)")
     if run.replay.timeline is not None:
         first, last = run.replay.timeline
         if not run.replay.timed:
@@ -250,7 +286,9 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     if model.kind == "mole" and not trace.has_token_id:
         raise InputError(f"model.kind=mole: {trace.path} has no 'token_id' column (lookup tables are keyed by token id)")
     hardware = load_profile(run.hardware.profile)
-    without_experts = checked_gpu_memory(model, hardware, trace)
+    serving = run.serve.mode == "continuous"
+    reserved = (run.serve.max_batch if run.serve.kv == "static" else 0) if serving else 1
+    without_experts = checked_gpu_memory(model, hardware, trace, reserved)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
         cache_capacity(run, trace, model, without_experts, hardware),
@@ -273,19 +311,26 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
             np.concatenate([c.layer for c in chunks]),
             np.concatenate([c.experts for c in chunks]),
         )
-    timing = Timing(step_costs(model, hardware.gpu), hardware.h2d) if run.replay.timed else None
+    timing = None
+    if run.replay.timed:
+        timing = Timing(step_costs(model, hardware.gpu), hardware.h2d, batch_costs(model, hardware) if serving else None)
     if progress is not None:
         progress.total = trace.num_rows
-    metrics = replay(
-        chunks,
-        cache,
-        timing,
+    plugins = dict(
         prefetcher=prefetcher,
         miss_handler=miss_handler,
         miss_costs=miss_costs(model, hardware) if miss_handler is not None else None,
         memory=make_memory(run, model, hardware),
         timeline=tuple(run.replay.timeline) if run.replay.timeline else None,
-        progress=progress.update if progress is not None else None,
     )
+    rows = progress.update if progress is not None else None
+    if serving:
+        requests = make_requests(run, trace, group_tokens(chunks, rows))
+        kv = KvMemory(run.serve.kv, without_experts.kv_bytes_per_token or 0,
+                      without_experts.memory_bytes - without_experts.non_expert_bytes, model.bytes_per_expert)
+        metrics = serve(requests, cache, timing, scheduler=make_scheduler(run), kv=kv,
+                        limits=ServeLimits(run.serve.max_batch, run.serve.max_batched_tokens), **plugins)
+    else:
+        metrics = replay(chunks, cache, timing, progress=rows, **plugins)
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities),
                      gpu_memory=memory_use)

@@ -116,16 +116,21 @@ class ExpertCache:
         return sum(len(p) for p in self._instances())
 
     def access(self, layer: int, experts: list[int]) -> list[int]:
-        """Judge one layer step's experts (router order, no -1) and load the misses; returns the missed expert ids.
+        """Judge one layer step's experts (router order, or a batched step's U; no -1) and load the misses; returns
+        the missed expert ids.
 
-        Every expert is one access: a hit if resident before this step, else a miss that is admitted now. Keys are
-        handled in router order; admissions never evict a key of this step, so judging as we go equals judging all
-        first.
+        Every expert is judged resident or not before this step, then each miss is admitted. Keys are handled in
+        order; while the step's keys fit the cache, admissions never evict a key of this step, so judging as we go
+        equals judging all first. A batched step may route to more experts than the cache holds: then the step's
+        experts are computed resident ones first, then the misses in order, and an admission may evict any expert
+        of the step computed before it (a resident one, or an earlier miss), never one still to be computed.
         """
         policy = self.policies[layer]
         offset = self.offsets[layer]
         keys = [offset + e for e in experts] if offset else experts
         resident = policy.resident
+        if len(keys) > policy.capacity:
+            return self._access_overfull(layer, policy, keys, offset)
         misses = []
         for key in keys:
             if key in resident:
@@ -137,6 +142,31 @@ class ExpertCache:
                     self.evicted.extend(base + k for k in evicted)
                 misses.append(key - offset)
         return misses
+
+    def _access_overfull(self, layer: int, policy: CachePolicy, keys: list[int], offset: int) -> list[int]:
+        """`access` for a step whose keys outnumber the cache's slots (see there)."""
+        resident = policy.resident
+        missed = [key for key in keys if key not in resident]
+        for key in keys:
+            if key in resident:
+                policy.hit(key)
+        for index, key in enumerate(missed):
+            evicted = policy.admit(key, missed[index:])
+            if self.track_evictions:
+                base = self._evict_base[layer]
+                self.evicted.extend(base + k for k in evicted)
+        return [key - offset for key in missed]
+
+    def resize(self, capacity: int) -> None:
+        """Give every policy instance `capacity` slots (the KV cache took or returned memory), evicting by the policy
+        down to the new size; never fewer than top_k."""
+        capacity = max(capacity, self.model.top_k)
+        for index, policy in enumerate(self._instances()):
+            evicted = policy.resize(capacity)
+            if self.track_evictions and evicted:
+                base = self._evict_base[index] if self.scope == "layer" else 0
+                self.evicted.extend(base + k for k in evicted)
+        self.capacities = [capacity] * len(self.capacities)
 
     @property
     def uses_gate_weights(self) -> bool:

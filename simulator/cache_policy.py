@@ -6,6 +6,8 @@ The replay calls, for every access in stream order, exactly one of:
   - `admit(key, protected)` when it is not: the expert is being loaded and must become resident. `admit` evicts
     through `evict(protected)` until there is room, never a key of `protected` (the experts of the current layer
     step), and returns the evicted keys.
+`resize(capacity)` (the KV cache taking or returning GPU memory under `serve.kv=dynamic`) evicts through `evict(())`
+down to the new size.
 Subclasses keep their order structures private and write three hooks: `hit`, `insert` and `evict`.
 Optional hooks, each declared here with a default that does nothing, so a policy overrides only what it uses:
   - offline policies (`offline = True`) get the whole key stream they will see, once, through `prepare`;
@@ -70,6 +72,15 @@ class CachePolicy(ABC):
         while len(resident) >= capacity:
             evicted.append(self.evict(protected))
         self.insert(key)
+        return evicted
+
+    def resize(self, capacity: int) -> list[int]:
+        """Hold at most `capacity` keys from now on, evicting (by the policy's own choice) down to it; returns the
+        evicted keys. A policy whose structures are sized by its capacity overrides this to resize them too."""
+        self.capacity = capacity
+        evicted = []
+        while len(self.resident) > capacity:
+            evicted.append(self.evict(()))
         return evicted
 
     def __len__(self) -> int:

@@ -6,15 +6,25 @@ doing its FLOPs, plus a fixed per-call overhead:
     expert_s     = kernel_overhead_s + max(2·expert_params·tokens / flops, bytes_per_expert / memory_bandwidth)
     non_expert_s = kernel_overhead_s + max(2·P_ne·tokens / flops, P_ne·param_bytes / memory_bandwidth)
 
-where P_ne = `non_expert_params_per_layer` (attention, router, shared experts). KV-cache reads and activations are
-not counted: small next to weights at short context and batch 1. The same model, with the CPU's DRAM bandwidth and
-FLOP rate and no launch overhead, times an expert run on the CPU (Fiddler). Calibration grounds the inputs.
+where P_ne = `non_expert_params_per_layer` (attention, router, shared experts). The token-by-token replay counts no
+KV-cache reads (small next to weights at short context and batch 1), so its figures stay what they were. The
+batched replay (simulator.serving) costs a step of n tokens with `BatchCosts`: one weight read serves all n tokens
+of an expert, and attention reads each row's KV cache and does its FLOPs:
+
+    attention_s  = Σ_rows context · (attention_layers / moe_layers) · max(4·heads·head_dim / flops,
+                                                                          kv_bytes_per_token_and_layer / memory_bandwidth)
+
+(a prefill chunk's rows have contexts p+1 .. p+k, so its FLOPs grow quadratically). The same model, with the CPU's
+DRAM bandwidth and FLOP rate and no launch overhead, times an expert run on the CPU (Fiddler). Calibration grounds
+the inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from simulator.gpu_memory import kv_bytes_per_token
 from simulator.hardware import CPUSpec, GPUSpec, HardwareProfile
 from simulator.model import MoEModel
 
@@ -69,3 +79,73 @@ def miss_costs(model: MoEModel, hardware: HardwareProfile, tokens: int = 1) -> M
         cpu_expert_s=cpu_s(model.expert_params, model, hardware.cpu, tokens),
         activation_round_trip_s=d2h.latency_s + activations / d2h.bandwidth_Bps + h2d.latency_s + activations / h2d.bandwidth_Bps,
     )
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """One kernel's time as a function of the tokens it serves: overhead + max(flop time, weight read time)."""
+
+    overhead_s: float
+    read_s: float
+    """Reading the weights once, whatever the tokens."""
+    flop_s: float
+    """FLOP time per token."""
+
+    def __call__(self, tokens: int) -> float:
+        return self.overhead_s + max(self.flop_s * tokens, self.read_s)
+
+
+def gpu_roofline(params: int, model: MoEModel, gpu: GPUSpec) -> Roofline:
+    return Roofline(gpu.kernel_overhead_s, params * model.param_bytes / gpu.memory_bandwidth_Bps,
+                    2.0 * params / gpu.flops)
+
+
+class BatchCosts:
+    """What a layer step of the batched replay costs, as functions of its tokens: an expert serving n of them, the
+    non-expert part of n tokens plus their attention, and the alternatives to a miss for n tokens (memoised: a run
+    sees few distinct n)."""
+
+    def __init__(self, expert: Roofline, non_expert: Roofline, attention_s_per_context: float = 0.0,
+                 miss: "Callable[[int], MissCosts] | None" = None):
+        self.expert = expert
+        self.non_expert = non_expert
+        self.attention_s_per_context = attention_s_per_context
+        """Attention time per token of context a row attends to (KV read or FLOPs, whichever is slower)."""
+        self._miss = miss
+        self._expert_s: dict[int, float] = {}
+        self._miss_costs: dict[int, MissCosts] = {}
+
+    def expert_s(self, tokens: int) -> float:
+        cost = self._expert_s.get(tokens)
+        if cost is None:
+            cost = self._expert_s[tokens] = self.expert(tokens)
+        return cost
+
+    def non_expert_s(self, tokens: int, context_tokens: int) -> float:
+        """The step's non-expert work: `tokens` rows whose contexts add up to `context_tokens`."""
+        return self.non_expert(tokens) + context_tokens * self.attention_s_per_context
+
+    def miss(self, tokens: int) -> MissCosts | None:
+        if self._miss is None:
+            return None
+        costs = self._miss_costs.get(tokens)
+        if costs is None:
+            costs = self._miss_costs[tokens] = self._miss(tokens)
+        return costs
+
+
+def attention_s_per_context(model: MoEModel, gpu: GPUSpec) -> float:
+    """One MoE layer step's attention time per context token of one row (0 without the model's attention shape)."""
+    per_token = kv_bytes_per_token(model)
+    if per_token is None:
+        return 0.0
+    layers = model.attention_layers or model.moe_layers
+    flops = 4.0 * model.attention_heads * model.head_dim
+    per_layer = max(flops / gpu.flops, per_token / layers / gpu.memory_bandwidth_Bps)
+    return per_layer * layers / model.moe_layers
+
+
+def batch_costs(model: MoEModel, hardware: HardwareProfile) -> BatchCosts:
+    gpu = hardware.gpu
+    return BatchCosts(gpu_roofline(model.expert_params, model, gpu), gpu_roofline(model.non_expert_params_per_layer, model, gpu),
+                      attention_s_per_context(model, gpu), lambda tokens: miss_costs(model, hardware, tokens))

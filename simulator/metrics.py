@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+ITERATION_COLUMNS = ("start_s", "end_s", "requests", "tokens", "prefill_tokens", "kv_bytes", "expert_slots")
+"""A batched replay's iterations (iterations.parquet): the expert cache's size over time beside the KV it leaves."""
+REQUEST_COLUMNS = ("sequence", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "queued_s")
+"""A batched replay's requests (requests.parquet)."""
+
 
 @dataclass
 class LayerCounters:
@@ -54,6 +61,11 @@ class Metrics:
     bytes_nvme: int = 0
     nvme_busy_s: float = 0.0
     cpu_executed: int = 0
+    expert_lookups: int = 0
+    """Σ over layer steps of the distinct experts the step routes to (|U|); equals the accesses at batch 1."""
+    expert_hits: int = 0
+    expert_loads: int = 0
+    """Distinct experts a step found missing and brought in (fetched, or waited for as a late prefetch)."""
     approximated_low_precision: int = 0
     approximated_skipped: int = 0
     timed: bool = False
@@ -61,6 +73,10 @@ class Metrics:
     timeline: list[tuple] = field(default_factory=list)
     """Recorded events (resource, start s, end s, layer or key, what) of a timeline window; see `replay(timeline=)`."""
     per_layer: LayerCounters = field(default_factory=lambda: LayerCounters.zeros(0))
+    requests: list[tuple] | None = None
+    """A batched replay's requests (REQUEST_COLUMNS); None for the token-by-token replay."""
+    iterations: list[tuple] | None = None
+    """A batched replay's iterations (ITERATION_COLUMNS)."""
 
     @property
     def misses(self) -> int:
@@ -103,6 +119,10 @@ class Metrics:
             "bytes_nvme": self.bytes_nvme,
             "nvme_utilisation": t(self.nvme_busy_s / total if total else 0.0),
             "cpu_executed": self.cpu_executed,
+            "expert_lookups": self.expert_lookups,
+            "expert_hits": self.expert_hits,
+            "expert_loads": self.expert_loads,
+            "expert_hit_rate": self.expert_hits / self.expert_lookups if self.expert_lookups else 0.0,
             "approximated_accesses": self.approximated_low_precision + self.approximated_skipped,
             "approximated_low_precision": self.approximated_low_precision,
             "approximated_skipped": self.approximated_skipped,
@@ -114,7 +134,30 @@ class Metrics:
             "prefetch_precision": covered / p.issued if p.issued else 0.0,
             "prefetch_recall": covered / (self.misses + p.useful) if self.misses + p.useful else 0.0,
             "prefetch_mean_late_wait_s": t(p.late_wait_s / p.late if p.late else 0.0),
+            **(self.serving_summary() if self.requests is not None else {}),
         }
+
+    def serving_summary(self) -> dict:
+        """The request-level figures of a batched replay (latencies need the clock)."""
+        rows, timed = self.requests, self.timed
+        iterations = self.iterations
+        output = sum(row[5] for row in rows)
+        summary = {"requests": len(rows), "output_tokens": output, "prompt_tokens": sum(row[4] for row in rows),
+                   "iterations": len(iterations),
+                   "mean_batch_tokens": sum(it[3] for it in iterations) / len(iterations) if iterations else 0.0,
+                   "mean_batch_requests": sum(it[2] for it in iterations) / len(iterations) if iterations else 0.0,
+                   "peak_kv_bytes": max((it[5] for it in iterations), default=0),
+                   "min_expert_slots": min((it[6] for it in iterations), default=0),
+                   "throughput_tok_s": output / self.total_time_s if timed and self.total_time_s else None}
+        ttft = [row[2] - row[1] for row in rows]
+        e2e = [row[3] - row[1] for row in rows]
+        tpot = [(row[3] - row[2]) / steps for row in rows if (steps := row[4] + row[5] - max(row[4], 1)) > 0]
+        queued = [row[6] for row in rows]
+        for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e), ("queued", queued)):
+            stats = _stats(values) if timed and values else dict.fromkeys(("p50", "p90", "p99", "mean"))
+            for stat, value in stats.items():
+                summary[f"{name}_{stat}_s"] = value
+        return summary
 
     def layer_table(self) -> dict[str, list]:
         """Per-layer columns (a dict of equal-length lists, ready for a DataFrame)."""
@@ -130,3 +173,9 @@ class Metrics:
             "prefetch_useful": p.prefetch_useful,
             "prefetch_late": p.prefetch_late,
         }
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99]).tolist()
+    return {"p50": p50, "p90": p90, "p99": p99, "mean": float(a.mean())}

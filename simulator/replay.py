@@ -32,11 +32,12 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import simpy
 
 from simulator.cache import ExpertCache
-from simulator.compute import MissCosts, StepCosts
+from simulator.compute import BatchCosts, MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
 from simulator.link import Link
@@ -49,6 +50,9 @@ from simulator.prefetcher import Prefetcher, PrefetchView
 from simulator.timeline import TimelineEvent
 from simulator.trace_rows import Token, TraceChunk, tokens as group_tokens
 
+if TYPE_CHECKING:
+    from simulator.serving import BatchStep
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -56,6 +60,9 @@ class Timing:
 
     costs: StepCosts
     h2d: LinkSpec
+    batch: BatchCosts | None = None
+    """Costs as functions of a step's tokens, for the batched replay (simulator.serving); None: every step costs
+    `costs` (one token per step, or a hand-set machine)."""
 
 
 def replay(
@@ -225,49 +232,90 @@ class _Replay:
 
     # -- one layer step ------------------------------------------------------------------------------------------
 
-    def _layer_step(self, layer: int, experts: list[int], weights: list[float] | None, token_start: bool) -> None:
+    def _layer_step(self, layer: int, experts: list[int], weights: list[float] | None, token_start: bool,
+                    step: "BatchStep | None" = None, non_expert_s: float | None = None) -> None:
         """t_router = now + non-expert work; land the prefetches that have arrived; judge the step's experts against
-        the cache; fetch the misses; ask the prefetcher; compute (README "Accounting semantics")."""
+        the cache; fetch the misses; ask the prefetcher; compute (README "Accounting semantics").
+
+        One token's step gives its router's `experts`; a batched step (simulator.serving) gives U, the distinct
+        experts of its rows in first-appearance order, with `step` saying how many rows each serves and what it
+        costs. `non_expert_s` replaces the profile's figure where the step's context is costed (attention)."""
         metrics, timing, cache, book = self.metrics, self.timing, self.cache, self.book
+        if non_expert_s is None:
+            non_expert_s = timing.costs.non_expert_s if timing else 0.0
         start_issue_s = 0.0  # issuing the token-start prefetches delays the first layer's work
         if token_start:
-            self.view.now_s = self.now
-            start_issue_s = book.issue(self.prefetcher.at_token_start(self.view), self.now, layer, experts)
-        t_router = self.now + start_issue_s + timing.costs.non_expert_s if timing else 0.0
+            start_issue_s = self._prefetch_at_start(layer, experts, step)
+        t_router = self.now + start_issue_s + non_expert_s if timing else 0.0
         if book is not None and book.inflight:
             book.land(t_router, layer, experts)
-        if weights is not None and cache.uses_gate_weights:
-            cache.observe_gates(layer, experts, weights)
+        if cache.uses_gate_weights:
+            for row_experts, row_weights in (((experts, weights),) if step is None else step.gates()):
+                if row_weights is not None:
+                    cache.observe_gates(layer, row_experts, row_weights)
         expert_s = timing.costs.expert_s if timing else 0.0
         loaded, handled = experts, ()
         if self.miss_handler is not None:
-            loaded, handled = self._triage(layer, experts, weights)
+            loaded, handled = self._triage(layer, experts, weights, step)
         misses = cache.access(layer, loaded)
         if book is not None and book.unused:
             book.count_useful(layer, experts, misses)
-        arrivals, demand_bytes, issue_s = self._fetch(layer, misses, handled, experts, t_router, expert_s)
+        arrivals, demand_bytes, issue_s = self._fetch(layer, misses, handled, experts, t_router, expert_s, step)
         if cache.evicted:
             book.count_evictions()
         per_layer = metrics.per_layer
-        per_layer.accesses[layer] += len(experts)
-        per_layer.hits[layer] += len(loaded) - len(misses)
+        hit_experts = len(loaded) - len(misses)
+        if step is None:
+            per_layer.accesses[layer] += len(experts)
+            per_layer.hits[layer] += hit_experts
+            resident_s = hit_experts * expert_s
+        else:
+            missed = set(misses)
+            counts = step.counts
+            per_layer.accesses[layer] += step.accesses
+            per_layer.hits[layer] += sum(counts[e] for e in loaded if e not in missed)
+            resident_s = sum(step.expert_s[e] for e in loaded if e not in missed) if timing else 0.0
+        metrics.expert_lookups += len(experts)
+        metrics.expert_hits += hit_experts
+        metrics.expert_loads += len(misses)
         per_layer.bytes_h2d[layer] += demand_bytes
         metrics.layer_steps += 1
         if book is not None:
-            view = self.view
-            view.now_s = t_router
-            view.layer, view.experts = layer, experts
-            view.token_routing[layer] = experts
-            issue_s += book.issue(self.prefetcher.after_router(view), t_router, layer, experts)
+            issue_s += self._prefetch_after_router(layer, experts, t_router, step)
         if timing:
-            self._compute(layer, t_router, issue_s, (len(loaded) - len(misses)) * expert_s, arrivals, start_issue_s)
+            self._compute(layer, t_router, issue_s, resident_s, arrivals, start_issue_s, non_expert_s)
 
-    def _fetch(self, layer, misses, handled, experts, t_router, expert_s) -> tuple[list, int, float]:
+    def _prefetch_at_start(self, layer: int, experts: list[int], step: "BatchStep | None") -> float:
+        """Ask the prefetcher at the start of the token (of every row's token, in a batched step); returns the
+        compute stream's time to issue what it asked for."""
+        view, book = self.view, self.book
+        view.now_s = self.now
+        issue_s = 0.0
+        for row in ((None,) if step is None else step.rows):
+            if row is not None:
+                row.show(view)
+            issue_s += book.issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
+        return issue_s
+
+    def _prefetch_after_router(self, layer: int, experts: list[int], t_router: float, step: "BatchStep | None") -> float:
+        view = self.view
+        view.now_s = t_router
+        issue_s = 0.0
+        for row, row_experts in (((None, experts),) if step is None else step.routed()):
+            if row is not None:
+                row.show(view)
+            view.layer, view.experts = layer, row_experts
+            view.token_routing[layer] = row_experts
+            issue_s += self.book.issue(self.prefetcher.after_router(view), t_router, layer, experts)
+        return issue_s
+
+    def _fetch(self, layer, misses, handled, experts, t_router, expert_s, step=None) -> tuple[list, int, float]:
         """Bring in every expert not resident at the router, in router order (the order they go on the link):
         wait for a late prefetch, fetch on demand, or let the miss handler's choice stand. Returns the arrivals
         (time, GPU compute then needed), the demand bytes booked and the compute stream's time to issue them."""
         metrics, timing, book = self.metrics, self.timing, self.book
         arrivals, demand_bytes, issue_s = [], 0, 0.0
+        costs = step.expert_s if step is not None and timing else None
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         elif book is not None and book.inflight:
@@ -284,23 +332,26 @@ class _Replay:
                 arrival, queued = late
                 if queued:  # it had not started: it goes as a demand fetch
                     demand_bytes += self.expert_bytes
-                arrivals.append((arrival, expert_s))
+                arrivals.append((arrival, costs[expert] if costs else expert_s))
             elif action == LOW_PRECISION:
                 metrics.approximated_low_precision += 1
                 fetches.append((expert, int(round(self.expert_bytes * fraction))))
             else:
-                self._handle_miss(action, t_router, arrivals)
+                self._handle_miss(action, t_router, arrivals, step.counts[expert] if step is not None else 1)
         if fetches:
             demand_bytes += sum(nbytes for _, nbytes in fetches)
             if timing or self.memory.on_nvme:  # without a clock, only the DRAM tier's counts need the call
                 booked, booked_issue_s = self.memory.demand(layer, fetches, t_router)
                 if timing:
-                    arrivals.extend((arrival, expert_s) for arrival in booked)
+                    if costs:
+                        arrivals.extend((arrival, costs[e]) for arrival, (e, _) in zip(booked, fetches))
+                    else:
+                        arrivals.extend((arrival, expert_s) for arrival in booked)
                     issue_s = booked_issue_s
         return arrivals, demand_bytes, issue_s
 
     def _compute(self, layer: int, t_router: float, issue_s: float, resident_s: float, arrivals: list,
-                 start_issue_s: float = 0.0) -> None:
+                 start_issue_s: float, non_expert_s: float) -> None:
         """The GPU issues the step's demand fetches (and the prefetches asked for after the router), computes the
         resident experts, then each arrival as it lands; advances the clock to the end. `start_issue_s`: time spent
         issuing the token-start prefetches before the step's non-expert work."""
@@ -324,7 +375,7 @@ class _Replay:
                 events.append(TimelineEvent("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
             gpu += compute_s
             compute += compute_s
-        metrics.compute_time_s += start_issue_s + self.timing.costs.non_expert_s + compute
+        metrics.compute_time_s += start_issue_s + non_expert_s + compute
         metrics.stall_time_s += stall
         metrics.per_layer.stall_s[layer] += stall
         self.now = gpu
@@ -359,9 +410,11 @@ class _Replay:
 
     # -- miss handling -------------------------------------------------------------------------------------------
 
-    def _triage(self, layer: int, experts: list[int], weights):
+    def _triage(self, layer: int, experts: list[int], weights, step: "BatchStep | None" = None):
         """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
-        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, expert, byte fraction)])."""
+        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, expert, byte fraction)]).
+        In a batched step the handler is told the expert's costs for the rows it serves, and the rank and gate weight
+        it has in the first row that routes to it."""
         cache, handler, costs, book = self.cache, self.miss_handler, self.miss_costs, self.book
         base = self.model.key(layer, 0)
         kept, handled = [], []
@@ -369,23 +422,35 @@ class _Replay:
             if cache.is_resident(layer, expert) or (book is not None and base + expert in book.inflight):
                 kept.append(expert)
                 continue
-            action, fraction = handler.decide(layer, expert, rank, weights[rank] if weights else None, costs)
+            if step is None:
+                weight = weights[rank] if weights else None
+            else:
+                rank, weight = step.first[expert]
+                costs = self._miss_costs_for(step.counts[expert])
+            action, fraction = handler.decide(layer, expert, rank, weight, costs)
             if action == LOAD:
                 kept.append(expert)
             else:
                 handled.append((rank, action, expert, fraction))
         return kept, handled
 
-    def _handle_miss(self, action: str, t_router: float, arrivals: list) -> None:
-        """Count and time a miss that is not fetched: run on the CPU, or skipped."""
+    def _miss_costs_for(self, tokens: int) -> MissCosts:
+        """The alternatives' costs for a missed expert serving `tokens` rows (the profile's for one row)."""
+        if tokens == 1 or self.timing is None or self.timing.batch is None:
+            return self.miss_costs
+        return self.timing.batch.miss(tokens) or self.miss_costs
+
+    def _handle_miss(self, action: str, t_router: float, arrivals: list, tokens: int = 1) -> None:
+        """Count and time a miss that is not fetched: run on the CPU (for its `tokens` rows), or skipped."""
         if action == SKIP:
             self.metrics.approximated_skipped += 1
         elif action == CPU:
             self.metrics.cpu_executed += 1
             if self.timing:
-                half_trip = self.miss_costs.activation_round_trip_s / 2
+                costs = self._miss_costs_for(tokens)
+                half_trip = costs.activation_round_trip_s / 2
                 start = max(t_router + half_trip, self.cpu_free)
-                self.cpu_free = start + self.miss_costs.cpu_expert_s
+                self.cpu_free = start + costs.cpu_expert_s
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
         else:
             raise ValueError(f"miss handler returned unknown action {action!r}")

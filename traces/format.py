@@ -244,6 +244,31 @@ class TraceFile:
         tokens = self._file.read(columns=["token"]).column("token")
         return int(pc.max(tokens).as_py()) + 1 if len(tokens) else 0
 
+    def prompt_tokens(self) -> dict[int, int]:
+        """Per sequence, its prompt's length: the tokens whose rows say `phase = prefill` (a serving engine's
+        requests; empty without a phase column). Refused in one line where a prefill token follows a decode one."""
+        if not self.has_phase:
+            return {}
+        table = self._file.read(columns=["sequence", "token", "phase"])
+        sequences = table.column("sequence").to_numpy()
+        tokens = table.column("token").to_numpy()
+        prefill = pc.fill_null(pc.equal(pc.cast(table.column("phase"), pa.string()), "prefill"), False).to_numpy(zero_copy_only=False)
+        counts: dict[int, int] = {}
+        decoding: set[int] = set()
+        last = None
+        for row, (sequence, token, is_prefill) in enumerate(zip(sequences.tolist(), tokens.tolist(), prefill.tolist())):
+            if (sequence, token) == last:
+                continue
+            last = (sequence, token)
+            if not is_prefill:
+                decoding.add(sequence)
+            elif sequence in decoding:
+                raise InputError(f"{self.path}: row {row}: phase=prefill after a decode token of sequence {sequence} "
+                                 "(a request's prompt comes first)")
+            else:
+                counts[sequence] = counts.get(sequence, 0) + 1
+        return counts
+
     def chunks(
         self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False,
         token_ids: bool = False,
