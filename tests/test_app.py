@@ -132,7 +132,7 @@ def write_bad_trace(tmp_path: Path, kind: str) -> Path:
         (["trace.path=/nonexistent/t.parquet"], "no such trace file"),
         (["model.kind=mole"], "t.parquet has no 'token_id' column"),
         (["trace.path=BAD:empty"], "has 0 rows"),
-        (["serve.max_batch=8"], "serve.max_batch: unknown config key"),
+        (["serve.max_batch=8"], "serve.max_batch: not a key of serve=none"),
         (["cache.capacty=8"], "did you mean cache.capacity?"),
         (["policy=lfu-aging", "policy.perod=3"], "not a key of policy=lfu-aging; did you mean policy.period?"),
         (["prefetch=eam", "prefetch.horizon=2"], "prefetch.horizon: not a key of prefetch=eam"),

@@ -34,6 +34,7 @@ def read_arrivals(path: str | Path, sequences: list[int]) -> dict[int, float]:
                              f"has: {', '.join(table.column_names)})")
     arrivals: dict[int, float] = {}
     for row, (sequence, arrival) in enumerate(zip(table.column("sequence").to_pylist(), table.column("arrival_s").to_pylist()), 1):
+        sequence, arrival = _number(sequence), _number(arrival)  # a CSV column with one bad cell is read as text
         if isinstance(sequence, float) and sequence.is_integer():
             sequence = int(sequence)
         if not isinstance(sequence, int) or isinstance(sequence, bool):
@@ -47,3 +48,15 @@ def read_arrivals(path: str | Path, sequences: list[int]) -> dict[int, float]:
         if sequence not in arrivals:
             raise InputError(f"serve.arrival_file: {path}: no row for sequence={sequence} of the trace")
     return arrivals
+
+
+def _number(value):
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
