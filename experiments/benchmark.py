@@ -6,6 +6,8 @@ most one timeout. This script measures what that buys, in one run on one seeded 
   replay timed / hit-rate only, per-layer and global LRU   the four code paths of `simulator.replay`
   naive SimPy                                              a process per access, a Resource request per transfer
   libCacheSim LRU                                          a C cache simulator on the same key stream
+  batched serving, layer LRU, batch 1 / 8 / 32             `simulator.serving.serve` (FCFS, continuous batching,
+                                                           offline arrivals), timed, per-layer LRU
 
 It only measures and prints (no assertions on speed). Usage:
     python -m experiments.benchmark [--accesses N] [--naive-accesses N] [--repeats R] [--json OUT]
@@ -31,12 +33,17 @@ import numpy as np
 import simpy
 
 from policies.registry import policy_class
+from policies.schedulers import FCFSScheduler
 from simulator.cache import ExpertCache
-from simulator.compute import step_costs
-from simulator.hardware import GPUSpec, LinkSpec
+from simulator.compute import batch_costs, step_costs
+from simulator.hardware import CPUSpec, GPUSpec, HardwareProfile, LinkSpec
 from simulator.metrics import Metrics
 from simulator.presets import get_preset
 from simulator.replay import Timing, replay
+from simulator.requests import requests_from_tokens
+from simulator.scheduler import ServeLimits
+from simulator.serving import serve
+from simulator.trace_rows import tokens
 from traces.format import TraceChunk
 
 MODEL = get_preset("deepseek-v2-lite")
@@ -45,6 +52,12 @@ MODEL = get_preset("deepseek-v2-lite")
 GPU = GPUSpec("h100-sxm", 80 * 2**30, memory_bandwidth_Bps=3.35e12, flops=989e12, kernel_overhead_s=15e-6)
 H2D = LinkSpec(bandwidth_Bps=25e9, latency_s=15e-6)
 TIMING = Timing(step_costs(MODEL, GPU), H2D)
+# The batched replay's costs (functions of a step's tokens) on the same GPU and link; the CPU only enters the costs
+# of miss alternatives, which the benchmark does not use.
+HARDWARE = HardwareProfile("benchmark", GPU, H2D, H2D, CPUSpec("none", 1e11, 1e12))
+SERVE_TIMING = Timing(TIMING.costs, H2D, batch_costs(MODEL, HARDWARE))
+SERVE_BATCHES = (1, 8, 32)
+SERVE_MAX_BATCHED_TOKENS = 2048
 LAYER_CAPACITY = 16
 GLOBAL_CAPACITY = LAYER_CAPACITY * MODEL.moe_layers
 CHUNK_ROWS = 1 << 16
@@ -98,6 +111,16 @@ def run_replay(trace: TraceChunk, scope: str, timed: bool) -> Metrics:
     capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
     cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
     return replay(chunks(trace), cache, TIMING if timed else None)
+
+
+def run_serve(trace: TraceChunk, max_batch: int) -> Metrics:
+    """The batched timed replay (`simulator.serving.serve`): every sequence a request arriving at t=0, FCFS,
+    continuous batching of up to `max_batch` requests, per-layer LRU at LAYER_CAPACITY slots. Grouping the rows into
+    tokens and requests is part of the run (as reading chunks is part of `run_replay`)."""
+    cache = ExpertCache(policy_class("lru"), LAYER_CAPACITY, "layer", MODEL)
+    requests = requests_from_tokens(tokens(chunks(trace)))
+    return serve(requests, cache, SERVE_TIMING, scheduler=FCFSScheduler(),
+                 limits=ServeLimits(max_batch, SERVE_MAX_BATCHED_TOKENS))
 
 
 @dataclass
@@ -243,6 +266,26 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
             log(f"  {name}: {row.wall_s:.2f} s")
             replay_hits[scope, timed] = metrics.hits
 
+    sequences = int(trace.sequence[-1]) + 1
+    checks["serve"] = {}
+    for batch in SERVE_BATCHES:
+        name = f"serve timed, layer LRU {LAYER_CAPACITY}, batch {batch}"
+        note = f"FCFS, {sequences} request{'s' if sequences > 1 else ''} at t=0" + (f": batches stop at {sequences}" if batch > sequences else "")
+        row, metrics = measure(name, functools.partial(run_serve, trace, batch), n, hits_of, runs, note)
+        rows.append(row)
+        log(f"  {name}: {row.wall_s:.2f} s")
+        checks["serve"][batch] = {
+            "accesses": metrics.accesses,
+            "hits": metrics.hits,
+            "iterations": len(metrics.iterations),
+            "mean_batch_requests": sum(it[2] for it in metrics.iterations) / len(metrics.iterations),
+            "simulated_time_s": metrics.total_time_s,
+        }
+    if 1 in checks["serve"]:
+        one = checks["serve"][1]
+        checks["serve_batch1_vs_replay"] = {"serve_hits": one["hits"], "replay_hits": replay_hits["layer", True],
+                                            "hits_equal": one["hits"] == replay_hits["layer", True]}
+
     prefix = head(trace, naive_accesses)
     reference = run_replay(prefix, "layer", timed=True)
     name = f"naive SimPy, layer LRU {LAYER_CAPACITY} (prefix)"
@@ -319,6 +362,17 @@ def format_report(result: dict) -> str:
         f"simulated time {c['naive_time_s']:.6f} s vs {c['replay_time_s']:.6f} s "
         f"({'equal' if c['time_equal'] else 'DIFFERENT'})"
     )
+    for batch, c in result["checks"].get("serve", {}).items():
+        lines.append(
+            f"serve batch {batch}: {c['iterations']:,} iterations of {c['mean_batch_requests']:.1f} requests on average, "
+            f"simulated time {c['simulated_time_s']:.3f} s"
+        )
+    same = result["checks"].get("serve_batch1_vs_replay")
+    if same:
+        lines.append(
+            f"serve batch 1 vs timed layer replay: hits {same['serve_hits']:,} vs {same['replay_hits']:,} "
+            f"({'equal' if same['hits_equal'] else 'DIFFERENT'})"
+        )
     lcs = result["checks"]["libcachesim"]
     if "skipped" in lcs:
         lines.append(f"libCacheSim: skipped, {lcs['skipped']}")

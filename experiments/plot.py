@@ -255,6 +255,102 @@ def locality_across_traces(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path]
     return save(fig, out_dir, "locality_across_traces")
 
 
+# ---- batched serving (serve=continuous): throughput and latency ----------------------------------------------------
+
+SERVE_KEYS = {"serve.mode", "serve.max_batch", "serve.arrival", "serve.rate_rps", "replay.timed"}
+CAPACITY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+CAPACITY_STYLES = ("-", "--", ":", "-.")
+
+
+def serving_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The timed batched-serving runs (serve=continuous) that report throughput."""
+    if "serve.mode" not in runs or "throughput_tok_s" not in runs:
+        return runs.iloc[:0]
+    return runs[(runs["serve.mode"] == "continuous") & runs["throughput_tok_s"].notna()]
+
+
+def policy_capacity_lines(ax, sub: pd.DataFrame, x: str, y: str, capacities: list, scale: float = 1.0,
+                          linestyle: str | None = None) -> None:
+    """One line per policy × cache size: colour by policy, marker (and dash) by cache size."""
+    for policy in policy_order(sub["policy"].unique()):
+        for i, capacity in enumerate(capacities):
+            rows = sub[(sub["policy"] == policy) & (sub["cache.capacity"] == capacity)]
+            if rows.empty:
+                continue
+            data = rows.groupby(x, as_index=False)[y].mean().sort_values(x)
+            ax.plot(data[x], data[y] * scale, color=policy_colour(policy),
+                    linestyle=linestyle or CAPACITY_STYLES[i % len(CAPACITY_STYLES)], linewidth=1.2,
+                    marker=CAPACITY_MARKERS[i % len(CAPACITY_MARKERS)], markersize=3)
+
+
+def policy_capacity_legend(fig, policies, capacities, extra: list | None = None) -> None:
+    handles = [Line2D([], [], color=policy_colour(p), linewidth=1.2, label=p) for p in policy_order(policies)]
+    handles += [Line2D([], [], color="0.3", linestyle=CAPACITY_STYLES[i % len(CAPACITY_STYLES)],
+                       marker=CAPACITY_MARKERS[i % len(CAPACITY_MARKERS)], markersize=3, label=f"capacity {c}")
+                for i, c in enumerate(capacities)]
+    fig.legend(handles=handles + (extra or []), loc="outside right upper", title="policy, cache size")
+
+
+def throughput_vs_batch(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    """Throughput (tok/s) and expert hit rate against serve.max_batch, offline arrivals (every request at t=0): a
+    row of two panels per value of the other varying keys."""
+    served = serving_runs(runs)
+    if served.empty:
+        return "no timed batched-serving run (serve=continuous)"
+    if "serve.arrival" in served:
+        served = served[served["serve.arrival"] == "offline"]
+    if served.empty:
+        return "no run with offline arrivals (serve.arrival=offline)"
+    if served["serve.max_batch"].nunique() < 2:
+        return "one batch size only (serve.max_batch)"
+    hit = "expert_hit_rate" if "expert_hit_rate" in served and served["expert_hit_rate"].notna().all() else "hit_rate"
+    parts = panels(served, varying(served, SERVE_KEYS))
+    capacities = sorted(served["cache.capacity"].unique())
+    fig, axes = plt.subplots(len(parts), 2, figsize=(6.6, 2.2 * len(parts) + 0.4), squeeze=False, sharex=True,
+                             layout="constrained")
+    for row, (title, sub) in zip(axes, parts):
+        policy_capacity_lines(row[0], sub, "serve.max_batch", "throughput_tok_s", capacities)
+        policy_capacity_lines(row[1], sub, "serve.max_batch", hit, capacities)
+        row[0].set(ylabel="throughput (tok/s)", title=title)
+        row[0].set_ylim(bottom=0)
+        row[1].set(ylabel="expert hit rate" if hit == "expert_hit_rate" else "hit rate", title=title, ylim=(0, 1))
+    batches = sorted(served["serve.max_batch"].unique())
+    for ax in axes[-1]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("max batch (requests)")
+    policy_capacity_legend(fig, served["policy"].unique(), capacities)
+    return save(fig, out_dir, "throughput_vs_batch")
+
+
+def latency_vs_rate(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    """TTFT and TPOT (p50 solid, p99 dashed) against the Poisson request rate serve.rate_rps: a row of two panels
+    per value of the other varying keys (batch size, ...)."""
+    served = serving_runs(runs)
+    if "serve.arrival" in served:
+        served = served[served["serve.arrival"] == "poisson"]
+    if served.empty or "ttft_p50_s" not in served:
+        return "no timed batched-serving run with Poisson arrivals (serve=continuous serve.arrival=poisson)"
+    if served["serve.rate_rps"].nunique() < 2:
+        return "one request rate only (serve.rate_rps)"
+    parts = panels(served, varying(served, SERVE_KEYS - {"serve.max_batch"}))
+    capacities = sorted(served["cache.capacity"].unique())
+    fig, axes = plt.subplots(len(parts), 2, figsize=(6.6, 2.2 * len(parts) + 0.4), squeeze=False, sharex=True,
+                             layout="constrained")
+    for row, (title, sub) in zip(axes, parts):
+        for ax, metric, label in zip(row, ("ttft", "tpot"), ("TTFT (s)", "TPOT (ms)")):
+            scale = 1.0 if metric == "ttft" else 1e3
+            policy_capacity_lines(ax, sub, "serve.rate_rps", f"{metric}_p50_s", capacities, scale, linestyle="-")
+            policy_capacity_lines(ax, sub, "serve.rate_rps", f"{metric}_p99_s", capacities, scale, linestyle="--")
+            ax.set(ylabel=label, title=title)
+            ax.set_ylim(bottom=0)
+    for ax in axes[-1]:
+        ax.set_xlabel("request rate (requests/s, Poisson)")
+    extra = [Line2D([], [], color="0.3", linestyle="-", label="p50"), Line2D([], [], color="0.3", linestyle="--", label="p99")]
+    policy_capacity_legend(fig, served["policy"].unique(), capacities, extra)
+    return save(fig, out_dir, "latency_vs_rate")
+
+
 TIMELINE_COLOURS = {
     "non-expert": "#BBBBBB",
     "issue prefetches": "#882255",
@@ -263,8 +359,13 @@ TIMELINE_COLOURS = {
     "fetched expert": "#E69F00",
     "demand": "#0072B2",
     "prefetch": "#56B4E9",
+    "iteration": "#44AA99",
 }
-RESOURCES = ("gpu", "h2d", "gds", "nvme")
+RESOURCES = ("iteration", "gpu", "h2d", "gds", "nvme")
+"""Timeline rows, top to bottom; `iteration` (batched serving): one span per iteration, id = its tokens, what =
+"N requests"."""
+ITERATION_SHADES = ("#44AA99", "#2D7367")
+"""Alternate shades, so that back-to-back iterations stay apart."""
 
 
 def timeline_gantt(runs: pd.DataFrame, out_dir: Path, sweep_dir: Path, max_runs: int = 4, **_) -> list[Path] | str:
@@ -281,7 +382,11 @@ def timeline_gantt(runs: pd.DataFrame, out_dir: Path, sweep_dir: Path, max_runs:
         origin = events["start_s"].min()
         rows = [r for r in RESOURCES if r in set(events["resource"])]
         for y, resource in enumerate(rows):
-            for what, group in events[events["resource"] == resource].groupby("what"):
+            mine = events[events["resource"] == resource]
+            if resource == "iteration":
+                iteration_row(ax, mine.sort_values("start_s"), origin, y)
+                continue
+            for what, group in mine.groupby("what"):
                 spans = list(zip((group["start_s"] - origin) * 1e3, (group["end_s"] - group["start_s"]) * 1e3))
                 ax.broken_barh(spans, (y - 0.35, 0.7), color=TIMELINE_COLOURS.get(what, "#999999"), linewidth=0)
         ax.set_yticks(range(len(rows)), rows)
@@ -292,6 +397,22 @@ def timeline_gantt(runs: pd.DataFrame, out_dir: Path, sweep_dir: Path, max_runs:
     return save(fig, out_dir, "timeline")
 
 
+def iteration_row(ax, events: pd.DataFrame, origin: float, y: int, max_labels: int = 40) -> None:
+    """Batched serving's iterations as one row of spans in alternating shades, each labelled with its tokens and
+    requests (`id` tokens, `what` "N requests") when there are few enough to read."""
+    starts = ((events["start_s"] - origin) * 1e3).to_numpy()
+    widths = ((events["end_s"] - events["start_s"]) * 1e3).to_numpy()
+    for k, shade in enumerate(ITERATION_SHADES):
+        spans = list(zip(starts[k::2], widths[k::2]))
+        if spans:
+            ax.broken_barh(spans, (y - 0.35, 0.7), color=shade, linewidth=0)
+    if 0 < len(events) <= max_labels:
+        for start, width, tokens, what in zip(starts, widths, events["id"], events["what"]):
+            requests = str(what).split()[0]
+            ax.annotate(f"{tokens}t/{requests}r", (start + width / 2, y), ha="center", va="center",
+                        fontsize=4, color="white")
+
+
 FIGURES: dict[str, Callable] = {
     "hit_rate_vs_capacity": hit_rate_vs_capacity,
     "stall_and_time_vs_capacity": stall_vs_capacity,
@@ -300,13 +421,21 @@ FIGURES: dict[str, Callable] = {
     "locality_across_traces": locality_across_traces,
     "timeline": timeline_gantt,
 }
+SERVING_FIGURES: dict[str, Callable] = {
+    "throughput_vs_batch": throughput_vs_batch,
+    "latency_vs_rate": latency_vs_rate,
+}
+"""Drawn (or reported skipped) only for a sweep with batched-serving runs (serve=continuous)."""
 
 
 def plot_sweep(sweep_dir: Path, out_dir: Path) -> dict[str, list[Path] | str]:
     """Every figure the sweep supports; returns figure name -> files written, or the reason it was skipped."""
     set_style()
     runs = load_runs(sweep_dir)
-    return {name: draw(runs, out_dir, sweep_dir=Path(sweep_dir)) for name, draw in FIGURES.items()}
+    figures = dict(FIGURES)
+    if "serve.mode" in runs and (runs["serve.mode"] == "continuous").any():
+        figures |= SERVING_FIGURES
+    return {name: draw(runs, out_dir, sweep_dir=Path(sweep_dir)) for name, draw in figures.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
