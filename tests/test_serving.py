@@ -450,3 +450,23 @@ def test_dynamic_kv_properties(case, kv_per_token, extra_slots, prefetch):
     assert m.hits + m.misses == m.accesses
     assert m.tokens == sum(it[3] for it in m.iterations)
     assert all(row[3] is not None for row in m.requests)
+
+
+def test_cpu_miss_choice_depends_on_the_batch():
+    # Fiddler's choice for n rows: CPU time 0.2·n s against a 1 s transfer. One layer, 8 requests that all route
+    # to experts [0, 1] (cache of 2): at batch 1 the CPU wins (0.2 < 1), so no miss is ever loaded and every access
+    # runs on the CPU; at batch 8 one step serves 8 rows per expert (1.6 > 1): both experts are loaded once and then hit.
+    from policies.miss_handling import CPUExecution
+    from simulator.compute import MissCosts
+
+    model = toy_model(layers=1, experts=4, top_k=2)
+    rows = [(seq, 0, 0, [0, 1]) for seq in range(8)]
+    costs = lambda n: MissCosts(transfer_s=1.0, cpu_expert_s=0.2 * n, activation_round_trip_s=0.0)
+    timing = Timing(COSTS, LINK, BatchCosts(Roofline(0.0, 0.5, 0.0), Roofline(0.0, 1.0, 0.0), 0.0, costs))
+    results = {}
+    for batch in (1, 8):
+        cache = ExpertCache(LRUCache, 2, "layer", model)
+        results[batch] = serve(requests_of(rows), cache, timing, scheduler=FCFSScheduler(), limits=ServeLimits(batch, 64),
+                               miss_handler=CPUExecution(), miss_costs=costs(1))
+    assert results[1].cpu_executed == 16 and results[1].expert_loads == 0 and results[1].hits == 0
+    assert results[8].cpu_executed == 0 and results[8].expert_loads == 2 and results[8].accesses == 16
