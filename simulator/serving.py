@@ -173,7 +173,7 @@ class _Server:
         if kv.mode == "dynamic" and self.configured_slots is None:
             raise InputError("serve.kv=dynamic: the expert cache gives up slots evenly; it needs one capacity for every "
                              "layer (cache.sizing=uniform)")
-        self.instances = len(cache._instances())
+        self.instances = len(cache.capacities)  # policy instances: one per MoE layer, or one global
         self.log: list[tuple] = []
         """One row per iteration (ITERATION_COLUMNS)."""
 
