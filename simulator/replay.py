@@ -99,7 +99,7 @@ def replay(
             pass
     else:
         env = simpy.Environment()
-        env.process(run.clocked(env, tokens))
+        env.process(run.clocked(env, run.steps(tokens)))
         env.run()
     return run.finish()
 
@@ -148,9 +148,10 @@ class _Replay:
 
     # -- driving -------------------------------------------------------------------------------------------------
 
-    def clocked(self, env: simpy.Environment, tokens: Iterable[Token]):
-        """The SimPy process: one timeout per layer step, to the step's end."""
-        for end in self.steps(tokens):
+    def clocked(self, env: simpy.Environment, ends: Iterable[float]):
+        """The SimPy process: one timeout per layer step, to the step's end (`ends`: the steps' end times as
+        `steps` or a batched replay's driver yields them)."""
+        for end in ends:
             if end == math.inf:
                 continue  # a transfer that never arrives (zero bandwidth): the clock cannot pass infinity
             yield env.timeout(max(0.0, end - env.now))  # env.now may sit one rounding above `end`

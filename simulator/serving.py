@@ -24,7 +24,6 @@ written so far leaves (never more than its configured size), evicting by its pol
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ class BatchStep:
     __slots__ = ("counts", "accesses", "expert_s", "first", "_entries", "_rows")
 
     def __init__(self, entries: list[tuple[int, list[int], list[float] | None]], rows: list[_Row] | None,
-                 costs: BatchCosts):
+                 costs: BatchCosts | None):
         counts: dict[int, int] = {}
         first: dict[int, tuple[int, float | None]] = {}
         for _, experts, gate in entries:
@@ -98,7 +97,8 @@ class BatchStep:
         self.counts = counts
         """Expert -> rows of the step that route to it (U is its keys, in first-appearance order)."""
         self.accesses = sum(counts.values())
-        self.expert_s = {expert: costs.expert_s(n) for expert, n in counts.items()}
+        self.expert_s = {expert: costs.expert_s(n) for expert, n in counts.items()} if costs is not None else {}
+        """Expert -> its compute time for its rows (empty without a clock)."""
         self.first = first
         """Expert -> (router rank, gate weight) in the first row that routes to it."""
         self._entries = entries
@@ -153,7 +153,7 @@ def serve(
             pass
     else:
         env = simpy.Environment()
-        env.process(server.clocked(env))
+        env.process(run.clocked(env, server.steps()))
         env.run()
     metrics = run.finish()
     metrics.requests = [server.request_row(r) for r in requests]
@@ -212,15 +212,9 @@ class _Server:
                 cache.resize(per_instance)
                 if cache.evicted and self.run.book is not None:
                     self.run.book.count_evictions()
-        return kv_bytes, sum(cache.capacities) if cache.scope == "layer" else cache.capacities[0]
+        return kv_bytes, sum(cache.capacities)
 
     # -- driving -------------------------------------------------------------------------------------------------
-
-    def clocked(self, env: simpy.Environment):
-        for end in self.steps():
-            if end == math.inf:
-                continue
-            yield env.timeout(max(0.0, end - env.now))
 
     def steps(self) -> Iterator[float]:
         """Run the iterations; yields each layer step's end (and the next arrival when idle)."""
@@ -302,10 +296,9 @@ class _Server:
                 else:
                     by_layer[layer] = [entry]
                     contexts[layer] = context
-        costs = batch if batch is not None else _UNTIMED
         for index, layer in enumerate(sorted(by_layer)):
             entries = by_layer[layer]
-            step = BatchStep(entries, states, costs)
+            step = BatchStep(entries, states, batch)
             non_expert_s = batch.non_expert_s(len(entries), contexts[layer]) if batch is not None else None
             run._layer_step(layer, list(step.counts), None, index == 0 and prefetcher is not None, step, non_expert_s)
             yield run.now
@@ -319,9 +312,6 @@ class _Server:
     def request_row(r: Request) -> tuple:
         queued = r.admitted_s - r.arrival_s if r.admitted_s is not None else None
         return (r.sequence, r.arrival_s, r.first_token_s, r.finish_s, r.prompt_tokens, r.output_tokens, queued)
-
-
-_UNTIMED = BatchCosts(Roofline(0.0, 0.0, 0.0), Roofline(0.0, 0.0, 0.0))
 
 
 def poisson_arrivals(sequences: list[int], rate_rps: float, seed: int) -> dict[int, float]:

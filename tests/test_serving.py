@@ -470,3 +470,32 @@ def test_cpu_miss_choice_depends_on_the_batch():
                                miss_handler=CPUExecution(), miss_costs=costs(1))
     assert results[1].cpu_executed == 16 and results[1].expert_loads == 0 and results[1].hits == 0
     assert results[8].cpu_executed == 0 and results[8].expert_loads == 2 and results[8].accesses == 16
+
+
+def _phased_trace(path, phases_by_token):
+    """A 2-layer trace whose tokens (sequence, token, phase code) are given; two rows per token."""
+    from traces.format import TraceMeta, TraceWriter
+
+    model = toy_model(layers=2, experts=4, top_k=2)
+    sequence, token, layer, phase = [], [], [], []
+    for s, t, p in phases_by_token:
+        for l in range(2):
+            sequence.append(s), token.append(t), layer.append(l), phase.append(p)
+    c = chunk([(s, t, l, [0, 1]) for s, t, l in zip(sequence, token, layer)])
+    c.phase = np.asarray(phase, dtype=np.int8)
+    with TraceWriter(path, TraceMeta(model, [0, 1]), phase=True) as w:
+        w.write(c)
+    return path
+
+
+def test_prompt_tokens_from_the_phase_column(tmp_path):
+    from simulator.errors import InputError
+    from traces.format import TraceFile
+
+    # sequence 0: 3 prefill then 2 decode tokens; sequence 1: decode only; sequence 2: 1 prefill, 1 decode
+    good = _phased_trace(tmp_path / "good.parquet", [(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 1), (0, 4, 1),
+                                                     (1, 0, 1), (1, 1, 1), (2, 0, 0), (2, 1, 1)])
+    assert TraceFile(good).prompt_tokens() == {0: 3, 2: 1}
+    bad = _phased_trace(tmp_path / "bad.parquet", [(0, 0, 0), (0, 1, 1), (0, 2, 0)])
+    with pytest.raises(InputError, match=r"row 4: phase=prefill after a decode token of sequence 0"):
+        TraceFile(bad).prompt_tokens()

@@ -253,21 +253,17 @@ class TraceFile:
         sequences = table.column("sequence").to_numpy()
         tokens = table.column("token").to_numpy()
         prefill = pc.fill_null(pc.equal(pc.cast(table.column("phase"), pa.string()), "prefill"), False).to_numpy(zero_copy_only=False)
-        counts: dict[int, int] = {}
-        decoding: set[int] = set()
-        last = None
-        for row, (sequence, token, is_prefill) in enumerate(zip(sequences.tolist(), tokens.tolist(), prefill.tolist())):
-            if (sequence, token) == last:
-                continue
-            last = (sequence, token)
-            if not is_prefill:
-                decoding.add(sequence)
-            elif sequence in decoding:
-                raise InputError(f"{self.path}: row {row}: phase=prefill after a decode token of sequence {sequence} "
-                                 "(a request's prompt comes first)")
-            else:
-                counts[sequence] = counts.get(sequence, 0) + 1
-        return counts
+        first = np.ones(len(sequences), dtype=bool)  # each token's first row
+        first[1:] = (sequences[1:] != sequences[:-1]) | (tokens[1:] != tokens[:-1])
+        rows = np.flatnonzero(first)
+        sequence, is_prefill = sequences[rows], prefill[rows]
+        late = np.flatnonzero((sequence[1:] == sequence[:-1]) & is_prefill[1:] & ~is_prefill[:-1])
+        if len(late):
+            row = int(rows[late[0] + 1])
+            raise InputError(f"{self.path}: row {row}: phase=prefill after a decode token of sequence "
+                             f"{int(sequences[row])} (a request's prompt comes first)")
+        ids, counts = np.unique(sequence[is_prefill], return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist()))
 
     def chunks(
         self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False,

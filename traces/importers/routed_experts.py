@@ -32,7 +32,7 @@ import numpy as np
 from simulator.errors import InputError
 from simulator.model import MoEModel
 from traces.format import PHASES, TraceChunk, TraceMeta
-from traces.importers import ImportSummary, write_chunks
+from traces.importers import ImportSummary, expand_inputs, write_chunks
 
 
 @dataclass
@@ -47,6 +47,22 @@ class Request:
     """The file, record and field, for error messages."""
     info: dict
     """This request's entry in the provenance: where it came from (file, line, choice, id)."""
+
+
+def import_responses(inputs, out: str | Path, model: MoEModel | None, source_format: str, importer: str, version: int,
+                     guesses: str, requests_of: Callable[[Path], Iterator[Request]]) -> ImportSummary:
+    """Import JSONL files of a serving engine's responses (or folders of them, in natural name order) into one
+    trace: `requests_of(path)` reads one file's requests. A response names no preset, so `model` is required."""
+    if model is None:
+        raise InputError(f"arguments: --model is required for --format {source_format} (responses do not name a preset)")
+    files = expand_inputs(inputs, ".jsonl")
+
+    def read() -> Iterator[Request]:
+        for path in files:
+            yield from requests_of(path)
+
+    return import_requests(read, files, out, model, {"source_format": source_format, "importer": importer,
+                                                     "importer_version": version, "guesses": guesses})
 
 
 def import_requests(read: Callable[[], Iterator[Request]], files: list[Path], out: str | Path, model: MoEModel,

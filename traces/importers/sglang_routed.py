@@ -28,8 +28,8 @@ from pathlib import Path
 
 from simulator.errors import InputError
 from simulator.model import MoEModel
-from traces.importers import ImportSummary, expand_inputs, jsonl_objects
-from traces.importers.routed_experts import Request, import_requests, int32_base64
+from traces.importers import ImportSummary, jsonl_objects
+from traces.importers.routed_experts import Request, import_responses, int32_base64
 
 IMPORTER_VERSION = 1
 DEFAULT_MODEL = None
@@ -38,21 +38,10 @@ DEFAULT_MODEL = None
 
 def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel | None = None) -> ImportSummary:
     """Import JSONL files of SGLang responses (or folders of them, in natural name order) into one trace."""
-    if model is None:
-        raise InputError("arguments: --model is required for --format sglang-routed (responses do not name a preset)")
-    files = expand_inputs(inputs, ".jsonl")
-
-    def read() -> Iterator[Request]:
-        for path in files:
-            yield from _requests(path, model)
-
-    return import_requests(read, files, out, model, {
-        "source_format": "sglang-routed",
-        "importer": __name__,
-        "importer_version": IMPORTER_VERSION,
-        "guesses": "flat int32 shaped [prompt + completion - 1, layers, top_k]; the first prompt_tokens rows are "
-                   "the prompt; the last sampled token has no row; all-0 layers are dense and dropped",
-    })
+    return import_responses(inputs, out, model, "sglang-routed", __name__, IMPORTER_VERSION,
+                            "flat int32 shaped [prompt + completion - 1, layers, top_k]; the first prompt_tokens rows are "
+                            "the prompt; the last sampled token has no row; all-0 layers are dense and dropped",
+                            lambda path: _requests(path, model))
 
 
 def _requests(path: Path, model: MoEModel) -> Iterator[Request]:

@@ -29,8 +29,8 @@ import numpy as np
 
 from simulator.errors import InputError
 from simulator.model import MoEModel
-from traces.importers import ImportSummary, expand_inputs, jsonl_objects
-from traces.importers.routed_experts import Request, import_requests, nested_array, npy_base64
+from traces.importers import ImportSummary, jsonl_objects
+from traces.importers.routed_experts import Request, import_responses, nested_array, npy_base64
 
 IMPORTER_VERSION = 1
 DEFAULT_MODEL = None
@@ -39,21 +39,10 @@ DEFAULT_MODEL = None
 
 def import_files(inputs: Iterable[str | Path], out: str | Path, model: MoEModel | None = None) -> ImportSummary:
     """Import JSONL files of vLLM responses (or folders of them, in natural name order) into one trace."""
-    if model is None:
-        raise InputError("arguments: --model is required for --format vllm-routed (responses do not name a preset)")
-    files = expand_inputs(inputs, ".jsonl")
-
-    def read() -> Iterator[Request]:
-        for path in files:
-            yield from _requests(path)
-
-    return import_requests(read, files, out, model, {
-        "source_format": "vllm-routed",
-        "importer": __name__,
-        "importer_version": IMPORTER_VERSION,
-        "guesses": "one sequence per choice; prompt rows from prompt_routed_experts, else the first prompt-length "
-                   "rows (prompt_token_ids or usage.prompt_tokens); the last sampled token has no row",
-    })
+    return import_responses(inputs, out, model, "vllm-routed", __name__, IMPORTER_VERSION,
+                            "one sequence per choice; prompt rows from prompt_routed_experts, else the first prompt-length "
+                            "rows (prompt_token_ids or usage.prompt_tokens); the last sampled token has no row",
+                            _requests)
 
 
 def _requests(path: Path) -> Iterator[Request]:
