@@ -413,18 +413,18 @@ class _Replay:
 
     def _triage(self, layer: int, experts: list[int], weights, step: "BatchStep | None" = None):
         """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
-        and the misses the handler deals with otherwise: (kept experts, [(router rank, action, expert, byte fraction)]).
-        In a batched step the handler is told the expert's costs for the rows it serves, and the rank and gate weight
-        it has in the first row that routes to it."""
+        and the misses the handler deals with otherwise: (kept experts, [(position in `experts`, action, expert, byte
+        fraction)]). In a batched step the handler is told the expert's costs for the rows it serves, and the router
+        rank and gate weight it has in the first row that routes to it."""
         cache, handler, costs, book = self.cache, self.miss_handler, self.miss_costs, self.book
         base = self.model.key(layer, 0)
         kept, handled = [], []
-        for rank, expert in enumerate(experts):
+        for position, expert in enumerate(experts):
             if cache.is_resident(layer, expert) or (book is not None and base + expert in book.inflight):
                 kept.append(expert)
                 continue
             if step is None:
-                weight = weights[rank] if weights else None
+                rank, weight = position, weights[position] if weights else None
             else:
                 rank, weight = step.first[expert]
                 costs = self._miss_costs_for(step.counts[expert])
@@ -432,7 +432,7 @@ class _Replay:
             if action == LOAD:
                 kept.append(expert)
             else:
-                handled.append((rank, action, expert, fraction))
+                handled.append((position, action, expert, fraction))
         return kept, handled
 
     def _miss_costs_for(self, tokens: int) -> MissCosts:

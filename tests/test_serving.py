@@ -499,3 +499,23 @@ def test_prompt_tokens_from_the_phase_column(tmp_path):
     bad = _phased_trace(tmp_path / "bad.parquet", [(0, 0, 0), (0, 1, 1), (0, 2, 0)])
     with pytest.raises(InputError, match=r"row 4: phase=prefill after a decode token of sequence 0"):
         TraceFile(bad).prompt_tokens()
+
+
+def test_handled_misses_keep_their_place_in_u_on_the_link():
+    # Two rows: [0, 1] and [2, 3]; U = [0, 1, 2, 3], all missing. The handler fetches expert 2 (router rank 0 in its
+    # row) as a half-size copy and loads the others: the link carries them in U order, 0, 1, 2, 3.
+    from simulator.compute import MissCosts
+    from simulator.miss_handler import LOAD, LOW_PRECISION, MissHandler
+
+    class HalfCopyOfTwo(MissHandler):
+        def decide(self, layer, expert, rank, weight, costs):
+            assert rank == (0 if expert in (0, 2) else 1)  # the router rank in the first row routing to it
+            return (LOW_PRECISION, 0.5) if expert == 2 else (LOAD, 1.0)
+
+    model = toy_model(layers=1, experts=4, top_k=2)
+    rows = [(0, 0, 0, [0, 1]), (1, 0, 0, [2, 3])]
+    m = serve(requests_of(rows), ExpertCache(LRUCache, 4, "layer", model), Timing(COSTS, LINK), scheduler=FCFSScheduler(),
+              limits=ServeLimits(2, 8), miss_handler=HalfCopyOfTwo(), miss_costs=MissCosts(1.0, 1.0, 0.0), timeline=(0, 2))
+    link = [e for e in m.timeline if e.resource == "h2d"]
+    assert [e.id for e in link] == [0, 1, 2, 3]
+    assert m.approximated_low_precision == 1 and m.expert_loads == 3
