@@ -28,6 +28,7 @@ from experiments.run import memory_warning, simulate
 from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
+from policies.placements import PLACEMENTS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
 from policies.schedulers import SCHEDULERS
@@ -56,6 +57,9 @@ def register_config_groups() -> None:
     for name, entry in MISS_HANDLERS.items():
         node = {"_target_": None} if entry is None else class_node(entry, MISS_HANDLERS.load(name), ())
         cs.store(group="miss", name=name, node=node)
+    for name, entry in PLACEMENTS.items():
+        node = {"_target_": None} if entry is None else class_node(entry, PLACEMENTS.load(name), ())
+        cs.store(group="placement", name=name, node=node)
     for name, entry in SCHEDULERS.items():
         cs.store(group="scheduler", name=name, node=class_node(entry, SCHEDULERS.load(name), ()))
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None, "kind": None})

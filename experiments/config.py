@@ -100,6 +100,7 @@ class RunConfig(_Strict):
     policy: dict
     prefetch: dict = {"_target_": None}
     miss: dict = {"_target_": None}
+    placement: dict = {"_target_": None}
     memory: MemoryConfig = MemoryConfig()
     serve: ServeConfig = ServeConfig()
     scheduler: dict = {"_target_": "policies.schedulers.FCFSScheduler"}

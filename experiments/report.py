@@ -20,13 +20,15 @@ import pandas as pd
 
 from experiments.results import METRICS_FILE, PER_LAYER_FILE
 from policies.miss_handling import MISS_HANDLERS
+from policies.placements import PLACEMENTS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
 from simulator.errors import InputError
 from simulator.model import MoEModel
 from simulator.registry import Registry
 
-PLUGINS: dict[str, Registry] = {"policy": POLICIES, "prefetch": PREFETCHERS, "miss": MISS_HANDLERS}
+PLUGINS: dict[str, Registry] = {"policy": POLICIES, "prefetch": PREFETCHERS, "miss": MISS_HANDLERS,
+                                "placement": PLACEMENTS}
 """The plug-in kinds a run chooses, each a config group whose `_target_` the report names by its registered name."""
 MISSING = "n/a"
 """The label of a config key a run does not have (a parameter of another plug-in)."""
@@ -118,7 +120,8 @@ def load_layers(sweep_dir: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-IDENTITY = {"run", "policy._target_", "prefetch._target_", "miss._target_", "trace.path", "hardware.profile",
+IDENTITY = {"run", "policy._target_", "prefetch._target_", "miss._target_", "placement._target_", "trace.path",
+            "hardware.profile",
             "replay.progress", "replay.batch_rows"}
 """Config columns the summary does not group by: the short names stand for them, or they leave results alone."""
 
@@ -136,7 +139,7 @@ def labels(column: pd.Series) -> pd.Series:
 def varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
     """Config columns (dotted, and `seed`, `hardware`, `trace`, `prefetch`, `miss`) that take more than one value. A
     plug-in's parameter (`prefetch.horizon`) counts only where it varies among runs of the same plug-in."""
-    candidates = ["trace", "hardware", "seed", "prefetch", "miss"] + [c for c in table.columns if "." in c and c not in RESOLVED_MODEL]
+    candidates = ["trace", "hardware", "seed", "prefetch", "miss", "placement"] + [c for c in table.columns if "." in c and c not in RESOLVED_MODEL]
     out = []
     for c in candidates:
         if c not in table or c in IDENTITY | {"policy", "cache.capacity"} | exclude:

@@ -13,6 +13,7 @@ from experiments.config import RunConfig
 from hardware_profiles.schema import load_profile
 from policies.layer_sizing import layer_capacities, lru_miss_curves
 from policies.miss_handling import MISS_HANDLERS
+from policies.placements import PLACEMENTS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
 from policies.schedulers import SCHEDULERS
@@ -26,6 +27,7 @@ from simulator.link import Link
 from simulator.memory import MemoryHierarchy
 from simulator.metrics import Metrics
 from simulator.miss_handler import MissHandler
+from simulator.placement import Placement
 from simulator.model import MoEModel
 from simulator.prefetcher import Prefetcher
 from simulator.presets import with_dtype
@@ -116,6 +118,22 @@ def make_miss_handler(spec: dict, trace: TraceFile, seed: int) -> MissHandler | 
     if handler.needs_weights and not trace.has_weights:
         raise InputError(f"miss={handler.name}: {trace.path} has no 'weights' column (gate weights are needed)")
     return handler
+
+
+def make_placement(spec: dict, model: MoEModel, seed: int) -> Placement | None:
+    """The configured placement, bound to the model (its layer list checked); None for `placement=gpu-cache`."""
+    if spec.get("_target_") is None:
+        return None
+    placement = built(configured_class(spec, Placement, PLACEMENTS, seed), PLACEMENTS, spec["_target_"])
+    placement.bind(model)
+    return placement
+
+
+def expert_slots_on_gpu(capacities: list[int], placement: Placement | None, model: MoEModel) -> int:
+    """The expert slots that take GPU memory: a per-layer cache of a layer the placement keeps on the CPU takes none."""
+    if placement is None or len(capacities) != model.moe_layers:
+        return sum(capacities)
+    return sum(c for layer, c in enumerate(capacities) if not placement.on_cpu(layer))
 
 
 def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
@@ -296,9 +314,11 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
-    memory_use = without_experts.with_expert_cache(sum(cache.capacities), model.bytes_per_expert)
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
+    placement = make_placement(run.placement, model, run.seed)
+    memory_use = without_experts.with_expert_cache(expert_slots_on_gpu(list(cache.capacities), placement, model),
+                                                   model.bytes_per_expert)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
     weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights)
     chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions, weights=weights,
@@ -319,7 +339,8 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     plugins = dict(
         prefetcher=prefetcher,
         miss_handler=miss_handler,
-        miss_costs=miss_costs(model, hardware) if miss_handler is not None else None,
+        miss_costs=miss_costs(model, hardware) if miss_handler is not None or placement is not None else None,
+        placement=placement,
         memory=make_memory(run, model, hardware),
         timeline=tuple(run.replay.timeline) if run.replay.timeline else None,
     )

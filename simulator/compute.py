@@ -4,9 +4,10 @@ At decode batch sizes an expert FFN is memory-bound: its time is the larger of r
 doing its FLOPs, plus a fixed per-call overhead:
 
     expert_s     = kernel_overhead_s + max(2·expert_params·tokens / flops, bytes_per_expert / memory_bandwidth)
-    non_expert_s = kernel_overhead_s + max(2·P_ne·tokens / flops, P_ne·param_bytes / memory_bandwidth)
+    non_expert_s = kernel_overhead_s + max(2·P_ne·tokens / flops, P_ne·non_expert_bytes / memory_bandwidth)
 
-where P_ne = `non_expert_params_per_layer` (attention, router, shared experts). The token-by-token replay counts no
+where P_ne = `non_expert_params_per_layer` (attention, router, shared experts), read at their own dtype
+(`MoEModel.non_expert_bytes_per_param`: bf16 when only the experts are quantised). The token-by-token replay counts no
 KV-cache reads (small next to weights at short context and batch 1), so its figures stay what they were. The
 batched replay (simulator.serving) costs a step of n tokens with `BatchCosts`: one weight read serves all n tokens
 of an expert, and attention reads each row's KV cache and does its FLOPs:
@@ -56,8 +57,9 @@ def roofline_s(params: int, param_bytes: float, flops: float, memory_bandwidth_B
     return overhead_s + max(2.0 * params * tokens / flops, params * param_bytes / memory_bandwidth_Bps)
 
 
-def gpu_s(params: int, model: MoEModel, gpu: GPUSpec, tokens: int = 1) -> float:
-    return roofline_s(params, model.param_bytes, gpu.flops, gpu.memory_bandwidth_Bps, gpu.kernel_overhead_s, tokens)
+def gpu_s(params: int, model: MoEModel, gpu: GPUSpec, tokens: int = 1, param_bytes: float | None = None) -> float:
+    return roofline_s(params, model.param_bytes if param_bytes is None else param_bytes, gpu.flops,
+                      gpu.memory_bandwidth_Bps, gpu.kernel_overhead_s, tokens)
 
 
 def cpu_s(params: int, model: MoEModel, cpu: CPUSpec, tokens: int = 1) -> float:
@@ -66,7 +68,7 @@ def cpu_s(params: int, model: MoEModel, cpu: CPUSpec, tokens: int = 1) -> float:
 
 def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1) -> StepCosts:
     return StepCosts(
-        non_expert_s=gpu_s(model.non_expert_params_per_layer, model, gpu, tokens),
+        non_expert_s=gpu_s(model.non_expert_params_per_layer, model, gpu, tokens, model.non_expert_bytes_per_param),
         expert_s=gpu_s(model.expert_params, model, gpu, tokens),
     )
 
@@ -95,9 +97,9 @@ class Roofline:
         return self.overhead_s + max(self.flop_s * tokens, self.read_s)
 
 
-def gpu_roofline(params: int, model: MoEModel, gpu: GPUSpec) -> Roofline:
-    return Roofline(gpu.kernel_overhead_s, params * model.param_bytes / gpu.memory_bandwidth_Bps,
-                    2.0 * params / gpu.flops)
+def gpu_roofline(params: int, model: MoEModel, gpu: GPUSpec, param_bytes: float | None = None) -> Roofline:
+    param_bytes = model.param_bytes if param_bytes is None else param_bytes
+    return Roofline(gpu.kernel_overhead_s, params * param_bytes / gpu.memory_bandwidth_Bps, 2.0 * params / gpu.flops)
 
 
 class BatchCosts:
@@ -147,5 +149,5 @@ def attention_s_per_context(model: MoEModel, gpu: GPUSpec) -> float:
 
 def batch_costs(model: MoEModel, hardware: HardwareProfile) -> BatchCosts:
     gpu = hardware.gpu
-    return BatchCosts(gpu_roofline(model.expert_params, model, gpu), gpu_roofline(model.non_expert_params_per_layer, model, gpu),
+    return BatchCosts(gpu_roofline(model.expert_params, model, gpu), gpu_roofline(model.non_expert_params_per_layer, model, gpu, model.non_expert_bytes_per_param),
                       attention_s_per_context(model, gpu), lambda tokens: miss_costs(model, hardware, tokens))

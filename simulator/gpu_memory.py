@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from simulator.model import MoEModel
 
 WEIGHT_BYTES = 2
-"""Bytes per non-expert parameter: attention, norms, router and shared experts stay in bf16/fp16 (the model's
-`param_bytes` is the experts' stored type)."""
+"""Bytes per non-expert parameter where the model does not give `non_expert_param_bytes`: attention, norms, router
+and shared experts stay in bf16/fp16 (the model's `param_bytes` is the experts' stored type)."""
 KV_BYTES = 2
 """Bytes per cached key/value element (an fp16/bf16 KV cache)."""
 
@@ -76,7 +76,7 @@ def gpu_memory(model: MoEModel, memory_bytes: int, cache_slots: int, context_tok
     per_token = kv_bytes_per_token(model)
     return GpuMemory(
         memory_bytes=int(memory_bytes),
-        non_expert_bytes=model.non_expert_params_per_layer * model.moe_layers * WEIGHT_BYTES,
+        non_expert_bytes=int(model.non_expert_params_per_layer * model.moe_layers * (model.non_expert_param_bytes or WEIGHT_BYTES)),
         kv_reserve_bytes=requests * context_tokens * (per_token or 0),
         expert_cache_bytes=cache_slots * model.bytes_per_expert,
         kv_bytes_per_token=per_token,

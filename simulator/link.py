@@ -101,6 +101,14 @@ class Link:
         self._on_wire = None
         return self._book(ready_s, nbytes, False, key, for_prefetch)
 
+    def demand_start_s(self, ready_s: float) -> float:
+        """When a demand fetch ready at `ready_s` would start, after what is booked (it arrives latency + bytes /
+        bandwidth later on a serial link): the estimate a placement weighs a load by."""
+        if self._queue:
+            self.advance(ready_s)
+        start = max(ready_s, min(self._engine_free))
+        return max(start, self._wire_free - self.spec.latency_s)
+
     def transfer_group(self, ready_s: float, fetches: list[tuple[int, int]]) -> list[float]:
         """Book the demand fetches [(key, bytes)] of one step, all ready at `ready_s`; their ends, in input order."""
         if self.spec.sharing == "serial" or len(fetches) < 2:

@@ -61,6 +61,11 @@ class Metrics:
     bytes_nvme: int = 0
     nvme_busy_s: float = 0.0
     cpu_executed: int = 0
+    """Expert computations the CPU ran (a miss handler's or a placement's), one per expert and step."""
+    cpu_busy_s: float = 0.0
+    """Time the CPU spent computing experts."""
+    gpu_copies: int = 0
+    """CPU-placed experts copied to the GPU for one step by the placement's prefill rule (not kept)."""
     expert_lookups: int = 0
     """Σ over layer steps of the distinct experts the step routes to (|U|); equals the accesses at batch 1."""
     expert_hits: int = 0
@@ -119,6 +124,9 @@ class Metrics:
             "bytes_nvme": self.bytes_nvme,
             "nvme_utilisation": t(self.nvme_busy_s / total if total else 0.0),
             "cpu_executed": self.cpu_executed,
+            "cpu_busy_s": t(self.cpu_busy_s),
+            "cpu_utilisation": t(self.cpu_busy_s / total if total else 0.0),
+            "gpu_copies": self.gpu_copies,
             "expert_lookups": self.expert_lookups,
             "expert_hits": self.expert_hits,
             "expert_loads": self.expert_loads,

@@ -22,6 +22,9 @@ from simulator.compute import MissCosts
 
 LOAD, CPU, LOW_PRECISION, SKIP = "load", "cpu", "low-precision", "skip"
 ACTIONS = (LOAD, CPU, LOW_PRECISION, SKIP)
+COPY = "copy"
+"""Not a miss handler's: a placement's CPU expert copied to the GPU for one step (its prefill rule), computed there
+and not kept."""
 
 
 class MissHandler(ABC):

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 
 ATTENTION_FIELDS = ("attention_layers", "attention_heads", "kv_heads", "head_dim", "kv_latent_dim")
+OPTIONAL_FIELDS = (*ATTENTION_FIELDS, "non_expert_param_bytes")
+"""Fields written only where given (0 means not given), so older traces and runs read and write as before."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class MoEModel:
     kv_latent_dim: int = 0
     """MLA (DeepSeek): the values one token caches per layer, its compressed latent plus the shared RoPE key
     (kv_lora_rank + qk_rope_head_dim). 0: keys and values are cached, 2 · kv_heads · head_dim per token and layer."""
+    non_expert_param_bytes: float = 0.0
+    """Bytes per non-expert parameter where they differ from the experts' (a model whose experts are quantised and
+    whose attention stays bf16: `model.dtype=int4` sets it to the preset's 2). 0: the same as `param_bytes`."""
+
+    @property
+    def non_expert_bytes_per_param(self) -> float:
+        return self.non_expert_param_bytes or self.param_bytes
 
     @property
     def expert_params(self) -> int:
@@ -77,9 +86,9 @@ class MoEModel:
         return divmod(key, self.experts_per_layer)
 
     def to_dict(self) -> dict:
-        """The fields, the attention shape only where given: a model without one is written as before it existed (the
+        """The fields, the optional ones only where given: a model without them is written as before they existed (the
         shipped trace regenerates to the same bytes, older runs' metrics.json read the same)."""
-        return {k: v for k, v in asdict(self).items() if v or k not in ATTENTION_FIELDS}
+        return {k: v for k, v in asdict(self).items() if v or k not in OPTIONAL_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> "MoEModel":

@@ -77,7 +77,8 @@ def get_preset(name: str, dtype: str | None = None) -> MoEModel:
 
 
 def with_dtype(model: MoEModel, dtype: str) -> MoEModel:
-    """`model` with its expert weights stored as `dtype` (fp16, bf16, fp8, int8, int4, mxfp4, fp32)."""
+    """`model` with its expert weights stored as `dtype`; the non-expert weights (attention, router, shared experts)
+    keep the bytes they had, as quantised checkpoints keep them (GPT-OSS's are bf16 beside mxfp4 experts)."""
     if dtype not in DTYPE_BYTES:
         raise InputError(f"model.dtype: unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
-    return replace(model, param_bytes=DTYPE_BYTES[dtype])
+    return replace(model, param_bytes=DTYPE_BYTES[dtype], non_expert_param_bytes=model.non_expert_bytes_per_param)

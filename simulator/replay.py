@@ -44,7 +44,8 @@ from simulator.link import Link
 from simulator.lut_cache import RowCache
 from simulator.memory import MemoryHierarchy
 from simulator.metrics import LayerCounters, Metrics
-from simulator.miss_handler import CPU, LOAD, LOW_PRECISION, SKIP, MissHandler
+from simulator.miss_handler import COPY, CPU, LOAD, LOW_PRECISION, SKIP, MissHandler
+from simulator.placement import Placement, SplitView
 from simulator.prefetch_book import PrefetchBook
 from simulator.prefetcher import Prefetcher, PrefetchView
 from simulator.timeline import TimelineEvent
@@ -76,11 +77,13 @@ def replay(
     memory: MemoryHierarchy | None = None,
     timeline: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    placement: Placement | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
     Offline policies (Belady, Static) must have been given the same rows through `cache.prepare` first; they cannot
-    take prefetches (their view of the future is the demand stream). A `miss_handler` needs `miss_costs`; chunks
+    take prefetches (their view of the future is the demand stream). A `miss_handler` or a `placement` (where experts
+    are computed, simulator.placement; None: on the GPU, through the cache) needs `miss_costs`; chunks
     must carry gate weights if the handler or the cache policy reads them. `memory` describes the tiers behind the
     GPU (default: every expert in DRAM, one host-to-device link from `timing`); its links carry the replay's clock.
     `timeline` = (first, last) token indices (0-based, over the whole replay) records what the GPU and the links
@@ -90,9 +93,7 @@ def replay(
         raise InputError(f"prefetch={_name(prefetcher)}: policy={_name(cache.policies[0])} is offline (its future is the "
                          "demand stream) and takes no prefetched experts; replay it without a prefetcher as the bound "
                          "of a demand-only sweep")
-    if miss_handler is not None and miss_costs is None:
-        raise ValueError("a miss handler needs miss_costs")
-    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline)
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
     tokens = group_tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -112,8 +113,10 @@ def _name(plugin) -> str:
 class _Replay:
     def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None,
                  miss_handler: MissHandler | None, miss_costs: MissCosts | None, memory: MemoryHierarchy | None,
-                 timeline: tuple[int, int] | None = None):
+                 timeline: tuple[int, int] | None = None, placement: Placement | None = None):
         model = cache.model
+        if (miss_handler is not None or placement is not None) and miss_costs is None:
+            raise ValueError("a miss handler or a placement needs miss_costs")
         self.model = model
         self.cache = cache
         self.timing = timing
@@ -130,6 +133,15 @@ class _Replay:
             raise InputError(f"miss={_name(miss_handler)}: model.kind=mole computes no expert, so a miss is a row read "
                              "(miss=load)")
         self.rows = RowCache(cache) if self.lookup else None
+        if placement is not None:
+            if self.lookup:
+                raise InputError(f"placement={_name(placement)}: model.kind=mole computes no expert to place")
+            if placement.splits and miss_handler is not None:
+                raise InputError(f"placement={_name(placement)}: it decides every miss itself; it takes no miss handler "
+                                 f"(miss={_name(miss_handler)}): use miss=load")
+            placement.bind(model)
+        self.placement = placement
+        self.triage = miss_handler is not None or placement is not None
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
         self.miss_costs = miss_costs
@@ -256,8 +268,8 @@ class _Replay:
                     cache.observe_gates(layer, row_experts, row_weights)
         expert_s = timing.costs.expert_s if timing else 0.0
         loaded, handled = experts, ()
-        if self.miss_handler is not None:
-            loaded, handled = self._triage(layer, experts, weights, step)
+        if self.triage:
+            loaded, handled = self._triage(layer, experts, weights, step, t_router)
         misses = cache.access(layer, loaded)
         if book is not None and book.unused:
             book.count_useful(layer, experts, misses)
@@ -295,7 +307,7 @@ class _Replay:
         for row in ((None,) if step is None else step.rows):
             if row is not None:
                 row.show(view)
-            issue_s += book.issue(self.prefetcher.at_token_start(view), self.now, layer, experts)
+            issue_s += book.issue(self._on_gpu(self.prefetcher.at_token_start(view)), self.now, layer, experts)
         return issue_s
 
     def _prefetch_after_router(self, layer: int, experts: list[int], t_router: float, step: "BatchStep | None") -> float:
@@ -307,8 +319,15 @@ class _Replay:
                 row.show(view)
             view.layer, view.experts = layer, row_experts
             view.token_routing[layer] = row_experts
-            issue_s += self.book.issue(self.prefetcher.after_router(view), t_router, layer, experts)
+            issue_s += self.book.issue(self._on_gpu(self.prefetcher.after_router(view)), t_router, layer, experts)
         return issue_s
+
+    def _on_gpu(self, requests):
+        """A prefetcher's requests less the experts the placement keeps on the CPU (they are never loaded)."""
+        placement = self.placement
+        if placement is None:
+            return requests
+        return [(layer, expert) for layer, expert in requests if not placement.on_cpu(layer)]
 
     def _fetch(self, layer, misses, handled, experts, t_router, expert_s, step=None) -> tuple[list, int, float]:
         """Bring in every expert not resident at the router, in router order (the order they go on the link):
@@ -337,6 +356,9 @@ class _Replay:
             elif action == LOW_PRECISION:
                 metrics.approximated_low_precision += 1
                 fetches.append((expert, int(round(self.expert_bytes * fraction))))
+            elif action == COPY:
+                metrics.gpu_copies += 1
+                fetches.append((expert, self.expert_bytes))
             else:
                 self._handle_miss(action, t_router, arrivals, step.counts[expert] if step is not None else 1)
         if fetches:
@@ -411,29 +433,63 @@ class _Replay:
 
     # -- miss handling -------------------------------------------------------------------------------------------
 
-    def _triage(self, layer: int, experts: list[int], weights, step: "BatchStep | None" = None):
-        """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded)
-        and the misses the handler deals with otherwise: (kept experts, [(position in `experts`, action, expert, byte
-        fraction)]). In a batched step the handler is told the expert's costs for the rows it serves, and the router
-        rank and gate weight it has in the first row that routes to it."""
-        cache, handler, costs, book = self.cache, self.miss_handler, self.miss_costs, self.book
+    def _triage(self, layer: int, experts: list[int], weights, step: "BatchStep | None" = None, t_router: float = 0.0):
+        """Split a step's experts into those that go through the cache (resident, on their way, or to be loaded) and
+        the others: (kept experts, [(position in `experts`, action, expert, byte fraction)]). The placement decides
+        first (a CPU layer's experts all run on the CPU; a split sends some misses there), then the miss handler
+        decides each remaining miss. A CPU-placed expert serving enough tokens is copied to the GPU instead (the
+        prefill rule). In a batched step the handler is told the expert's costs for the rows it serves, and the
+        router rank and gate weight it has in the first row that routes to it."""
+        cache, handler, costs, book, placement = self.cache, self.miss_handler, self.miss_costs, self.book, self.placement
+        counts = step.counts if step is not None else None
+        if placement is not None and placement.on_cpu(layer):
+            return [], [(position, COPY if placement.copies(counts[e] if counts else 1) else CPU, e, 1.0)
+                        for position, e in enumerate(experts)]
         base = self.model.key(layer, 0)
-        kept, handled = [], []
-        for position, expert in enumerate(experts):
-            if cache.is_resident(layer, expert) or (book is not None and base + expert in book.inflight):
-                kept.append(expert)
-                continue
-            if step is None:
-                rank, weight = position, weights[position] if weights else None
-            else:
-                rank, weight = step.first[expert]
-                costs = self._miss_costs_for(step.counts[expert])
-            action, fraction = handler.decide(layer, expert, rank, weight, costs)
-            if action == LOAD:
-                kept.append(expert)
-            else:
-                handled.append((position, action, expert, fraction))
-        return kept, handled
+        missing = [position for position, expert in enumerate(experts)
+                   if not (cache.is_resident(layer, expert) or (book is not None and base + expert in book.inflight))]
+        if not missing:
+            return experts, ()
+        decided: dict[int, tuple[str, float]] = {}  # position -> (action, byte fraction), for those not loaded
+        if placement is not None and placement.splits:
+            to_cpu = placement.split(layer, [(experts[p], counts[experts[p]] if counts else 1) for p in missing],
+                                     self._split_view(layer, experts, missing, step, t_router))
+            for position in missing:
+                tokens = counts[experts[position]] if counts else 1
+                if experts[position] in to_cpu:
+                    decided[position] = (COPY if placement.copies(tokens) else CPU, 1.0)
+        elif handler is not None:
+            for position in missing:
+                expert = experts[position]
+                if step is None:
+                    rank, weight = position, weights[position] if weights else None
+                else:
+                    rank, weight = step.first[expert]
+                    costs = self._miss_costs_for(counts[expert])
+                action, fraction = handler.decide(layer, expert, rank, weight, costs)
+                if action != LOAD:
+                    decided[position] = (action, fraction)
+        if not decided:
+            return experts, ()
+        kept = [expert for position, expert in enumerate(experts) if position not in decided]
+        return kept, [(position, action, experts[position], fraction) for position, (action, fraction) in decided.items()]
+
+    def _split_view(self, layer: int, experts: list[int], missing: list[int], step, t_router: float) -> SplitView:
+        """The clocks a split reads at the router: the GPU after the step's resident experts, the CPU, the link."""
+        timing = self.timing
+        if timing is None:  # no clock: every choice costs nothing, so a split keeps loading
+            return SplitView(0.0, 0.0, 0.0, 0.0, 0.0, lambda tokens: 0.0, lambda tokens: self.miss_costs)
+        absent = {experts[p] for p in missing}
+        if step is None:
+            resident_s = (len(experts) - len(missing)) * timing.costs.expert_s
+            gpu_expert_s = lambda tokens: timing.costs.expert_s  # noqa: E731 (one token per step)
+        else:
+            resident_s = sum(s for e, s in step.expert_s.items() if e not in absent)
+            gpu_expert_s = timing.batch.expert_s
+        h2d = self.memory.h2d
+        return SplitView(t_router, t_router + resident_s, self.cpu_free,
+                         h2d.demand_start_s(t_router) if h2d is not None else t_router,
+                         h2d.spec.latency_s if h2d is not None else 0.0, gpu_expert_s, self._miss_costs_for)
 
     def _miss_costs_for(self, tokens: int) -> MissCosts:
         """The alternatives' costs for a missed expert serving `tokens` rows (the profile's for one row)."""
@@ -452,6 +508,7 @@ class _Replay:
                 half_trip = costs.activation_round_trip_s / 2
                 start = max(t_router + half_trip, self.cpu_free)
                 self.cpu_free = start + costs.cpu_expert_s
+                self.metrics.cpu_busy_s += costs.cpu_expert_s
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
         else:
             raise ValueError(f"miss handler returned unknown action {action!r}")

@@ -37,6 +37,7 @@ from simulator.errors import InputError
 from simulator.memory import MemoryHierarchy
 from simulator.metrics import Metrics
 from simulator.miss_handler import MissHandler
+from simulator.placement import Placement
 from simulator.prefetcher import Prefetcher, PrefetchView
 from simulator.replay import Timing, _name, _Replay
 from simulator.requests import Request
@@ -128,6 +129,7 @@ def serve(
     miss_costs: MissCosts | None = None,
     memory: MemoryHierarchy | None = None,
     timeline: tuple[int, int] | None = None,
+    placement: Placement | None = None,
 ) -> Metrics:
     """Serve `requests` (each a sequence of the trace) through `cache` with continuous batching; timed if `timing`
     is given, else hit rate only (then every request must arrive at 0). See the module docstring."""
@@ -146,7 +148,7 @@ def serve(
     if timing is not None and timing.batch is None:  # a hand-set machine: every step costs what `costs` says
         costs = timing.costs
         timing = Timing(costs, timing.h2d, BatchCosts(Roofline(costs.expert_s, 0.0, 0.0), Roofline(costs.non_expert_s, 0.0, 0.0)))
-    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline)
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
     server = _Server(run, requests, scheduler, limits, kv)
     if timing is None:
         for _ in server.steps():

@@ -62,6 +62,7 @@ class _ModelFields(BaseModel):
     kv_heads: int = Field(default=0, ge=0)
     head_dim: int = Field(default=0, ge=0)
     kv_latent_dim: int = Field(default=0, ge=0)
+    non_expert_param_bytes: float = Field(default=0.0, ge=0)
 
     @field_validator("top_k")
     @classmethod
