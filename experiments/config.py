@@ -29,6 +29,10 @@ class ModelConfig(_Strict):
     """A preset name (simulator.presets) or a model file (a Hugging Face config.json, or a .yaml of MoEModel fields;
     `model=FILE` says the same) to use instead of the model described in the trace's metadata."""
     dtype: str | None = None
+    """The routed experts' stored type (simulator.presets.DTYPE_BYTES); the non-expert weights keep theirs."""
+    non_expert_dtype: str | None = None
+    """The non-expert weights' stored type (attention, router, shared experts), where the checkpoint quantises them
+    too (a GGUF Q4_K_M file, HQQ's 4-bit attention)."""
     kind: Literal["moe", "mole"] | None = None
     """`mole` replays the same routing as a Mixture of Lookup Experts (rows fetched, no expert compute)."""
 
@@ -71,6 +75,14 @@ class MemoryConfig(_Strict):
     """Host buffers pinned; False uses the link's `pageable_bandwidth_Bps` where the profile gives it."""
 
 
+class RuntimeConfig(_Strict):
+    """What the serving framework adds to the machine (simulator.compute.Runtime); zeros: the roofline alone."""
+
+    layer_overhead_s: float = Field(default=0.0, ge=0)
+    cpu_step_overhead_s: float = Field(default=0.0, ge=0)
+    cpu_sockets: int = Field(default=1, ge=1)
+
+
 class ReplayConfig(_Strict):
     timed: bool = True
     timeline: tuple[int, int] | None = None
@@ -102,6 +114,7 @@ class RunConfig(_Strict):
     miss: dict = {"_target_": None}
     placement: dict = {"_target_": None}
     memory: MemoryConfig = MemoryConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     serve: ServeConfig = ServeConfig()
     scheduler: dict = {"_target_": "policies.schedulers.FCFSScheduler"}
     cache: CacheConfig

@@ -19,7 +19,7 @@ from policies.registry import POLICIES
 from policies.schedulers import SCHEDULERS
 from simulator.cache import ExpertCache
 from simulator.cache_policy import CachePolicy
-from simulator.compute import batch_costs, miss_costs, step_costs
+from simulator.compute import Runtime, batch_costs, miss_costs, step_costs
 from simulator.errors import InputError
 from simulator.gpu_memory import GpuMemory, gpu_memory
 from simulator.hardware import HardwareProfile
@@ -30,7 +30,7 @@ from simulator.miss_handler import MissHandler
 from simulator.placement import Placement
 from simulator.model import MoEModel
 from simulator.prefetcher import Prefetcher
-from simulator.presets import with_dtype
+from simulator.presets import with_dtype, with_non_expert_dtype
 from simulator.registry import Registry
 from simulator.replay import Timing, replay
 from simulator.requests import Request, requests_from_tokens
@@ -57,6 +57,8 @@ def resolve_model(trace: TraceFile, run: RunConfig) -> MoEModel:
     """The trace's own model, or a preset or model file whose routed shape must match the trace's; `model.kind`
     last."""
     model = _shape(trace, run)
+    if run.model.non_expert_dtype is not None:
+        model = with_non_expert_dtype(model, run.model.non_expert_dtype)
     return model if run.model.kind is None else replace(model, kind=run.model.kind)
 
 
@@ -332,14 +334,16 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
             np.concatenate([c.experts for c in chunks]),
         )
     timing = None
+    runtime = Runtime(**run.runtime.model_dump())
     if run.replay.timed:
-        timing = Timing(step_costs(model, hardware.gpu), hardware.h2d, batch_costs(model, hardware) if serving else None)
+        timing = Timing(step_costs(model, hardware.gpu, runtime=runtime), hardware.h2d,
+                        batch_costs(model, hardware, runtime) if serving else None)
     if progress is not None:
         progress.total = trace.num_rows
     plugins = dict(
         prefetcher=prefetcher,
         miss_handler=miss_handler,
-        miss_costs=miss_costs(model, hardware) if miss_handler is not None or placement is not None else None,
+        miss_costs=miss_costs(model, hardware, runtime=runtime) if miss_handler is not None or placement is not None else None,
         placement=placement,
         memory=make_memory(run, model, hardware),
         timeline=tuple(run.replay.timeline) if run.replay.timeline else None,

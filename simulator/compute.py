@@ -41,6 +41,24 @@ class StepCosts:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """What the serving framework adds to the machine's costs (0 and 1: the roofline alone, as every shipped figure).
+
+    These are software, not hardware: a framework's Python dispatch and synchronisation per layer, the fixed cost of
+    handing a layer's experts to CPU threads, how many sockets its CPU kernels read from. A published anchor sets
+    them from a measurement or another anchor of the same framework, never from its own figure."""
+
+    layer_overhead_s: float = 0.0
+    """Fixed GPU-stream time per layer step (Python dispatch, synchronisation), added to the non-expert work."""
+    cpu_step_overhead_s: float = 0.0
+    """Fixed time per layer step that runs experts on the CPU (a backend split's synchronisation, the thread pool's
+    wake-up), paid once before the step's first CPU expert."""
+    cpu_sockets: int = 1
+    """Sockets whose memory the CPU experts are read from: a NUMA-aware runtime that copies the experts to each socket
+    (ktransformers' USE_NUMA) reads at sockets × the profile's one-socket bandwidth and FLOP rate."""
+
+
+@dataclass(frozen=True)
 class MissCosts:
     """What the alternatives to waiting for a missed expert cost (inputs of a miss handler's choice)."""
 
@@ -50,6 +68,8 @@ class MissCosts:
     """One expert computed on the CPU from DRAM."""
     activation_round_trip_s: float
     """The token's hidden state to the CPU and the expert's output back (latency-bound; not queued on the links)."""
+    cpu_step_overhead_s: float = 0.0
+    """Paid once per layer step that runs experts on the CPU (`Runtime.cpu_step_overhead_s`)."""
 
 
 def roofline_s(params: int, param_bytes: float, flops: float, memory_bandwidth_Bps: float, overhead_s: float = 0.0,
@@ -62,24 +82,26 @@ def gpu_s(params: int, model: MoEModel, gpu: GPUSpec, tokens: int = 1, param_byt
                       gpu.memory_bandwidth_Bps, gpu.kernel_overhead_s, tokens)
 
 
-def cpu_s(params: int, model: MoEModel, cpu: CPUSpec, tokens: int = 1) -> float:
-    return roofline_s(params, model.param_bytes, cpu.flops, cpu.memory_bandwidth_Bps, 0.0, tokens)
+def cpu_s(params: int, model: MoEModel, cpu: CPUSpec, tokens: int = 1, sockets: int = 1) -> float:
+    return roofline_s(params, model.param_bytes, cpu.flops * sockets, cpu.memory_bandwidth_Bps * sockets, 0.0, tokens)
 
 
-def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1) -> StepCosts:
+def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1, runtime: Runtime = Runtime()) -> StepCosts:
     return StepCosts(
-        non_expert_s=gpu_s(model.non_expert_params_per_layer, model, gpu, tokens, model.non_expert_bytes_per_param),
+        non_expert_s=runtime.layer_overhead_s + gpu_s(model.non_expert_params_per_layer, model, gpu, tokens,
+                                                      model.non_expert_bytes_per_param),
         expert_s=gpu_s(model.expert_params, model, gpu, tokens),
     )
 
 
-def miss_costs(model: MoEModel, hardware: HardwareProfile, tokens: int = 1) -> MissCosts:
+def miss_costs(model: MoEModel, hardware: HardwareProfile, tokens: int = 1, runtime: Runtime = Runtime()) -> MissCosts:
     h2d, d2h = hardware.h2d, hardware.d2h
     activations = model.hidden_size * ACTIVATION_BYTES * tokens
     return MissCosts(
         transfer_s=h2d.latency_s + model.bytes_per_expert / h2d.bandwidth_Bps,
-        cpu_expert_s=cpu_s(model.expert_params, model, hardware.cpu, tokens),
+        cpu_expert_s=cpu_s(model.expert_params, model, hardware.cpu, tokens, runtime.cpu_sockets),
         activation_round_trip_s=d2h.latency_s + activations / d2h.bandwidth_Bps + h2d.latency_s + activations / h2d.bandwidth_Bps,
+        cpu_step_overhead_s=runtime.cpu_step_overhead_s,
     )
 
 
@@ -147,7 +169,9 @@ def attention_s_per_context(model: MoEModel, gpu: GPUSpec) -> float:
     return per_layer * layers / model.moe_layers
 
 
-def batch_costs(model: MoEModel, hardware: HardwareProfile) -> BatchCosts:
+def batch_costs(model: MoEModel, hardware: HardwareProfile, runtime: Runtime = Runtime()) -> BatchCosts:
     gpu = hardware.gpu
-    return BatchCosts(gpu_roofline(model.expert_params, model, gpu), gpu_roofline(model.non_expert_params_per_layer, model, gpu, model.non_expert_bytes_per_param),
-                      attention_s_per_context(model, gpu), lambda tokens: miss_costs(model, hardware, tokens))
+    non_expert = gpu_roofline(model.non_expert_params_per_layer, model, gpu, model.non_expert_bytes_per_param)
+    non_expert = Roofline(non_expert.overhead_s + runtime.layer_overhead_s, non_expert.read_s, non_expert.flop_s)
+    return BatchCosts(gpu_roofline(model.expert_params, model, gpu), non_expert, attention_s_per_context(model, gpu),
+                      lambda tokens: miss_costs(model, hardware, tokens, runtime))

@@ -25,6 +25,19 @@ DTYPE_BYTES: dict[str, float] = {
     "int8": 1.0,
     "int4": 0.5,
     "mxfp4": 4.25 / 8,  # 4-bit values plus one 8-bit scale per 32 (OCP MX)
+    # GGUF (llama.cpp ggml-common.h block structs): Q4_K 144 bytes per 256 weights, Q6_K 210 per 256, Q8_0 34 per 32.
+    "q4_k": 144 / 256,
+    "q6_k": 210 / 256,
+    "q8_0": 34 / 32,
+    # Q4_K_M (llama.cpp llama-quant.cpp): gate and up stay Q4_K, ffn_down becomes Q6_K in the layers `use_more_bits`
+    # picks (i < n/8, i >= 7n/8, every third between: 24 of Qwen3-30B's 48, 16 of Mixtral's 32): an expert's mean
+    # over the layers is (2 · Q4_K + (Q4_K + Q6_K) / 2) / 3.
+    "q4_k_m": (2 * 144 / 256 + (144 / 256 + 210 / 256) / 2) / 3,
+    # HQQ as mixtral-offloading quantises (its demo's BaseQuantizeConfig): experts 2-bit in groups of 16 with an 8-bit
+    # scale and zero per group, the scales re-quantised in groups of 128 (fp16 scale and zero):
+    # 2/8 + 2/16 + 4/(16·128); attention 4-bit in groups of 64, scales in groups of 256: 4/8 + 2/64 + 4/(64·256).
+    "hqq2_g16": 2 / 8 + 2 / 16 + 4 / (16 * 128),
+    "hqq4_g64": 4 / 8 + 2 / 64 + 4 / (64 * 256),
 }
 
 
@@ -74,6 +87,13 @@ def get_preset(name: str, dtype: str | None = None) -> MoEModel:
     if name not in PRESETS:
         raise InputError(f"model: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
     return PRESETS[name] if dtype is None else with_dtype(PRESETS[name], dtype)
+
+
+def with_non_expert_dtype(model: MoEModel, dtype: str) -> MoEModel:
+    """`model` with its non-expert weights (attention, router, shared experts) stored as `dtype`."""
+    if dtype not in DTYPE_BYTES:
+        raise InputError(f"model.non_expert_dtype: unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
+    return replace(model, non_expert_param_bytes=DTYPE_BYTES[dtype])
 
 
 def with_dtype(model: MoEModel, dtype: str) -> MoEModel:

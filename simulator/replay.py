@@ -343,6 +343,7 @@ class _Replay:
         else:  # the common case: every miss is a plain demand fetch
             outstanding = ()
         fetches = [] if outstanding else [(e, self.expert_bytes) for e in misses]  # (expert, bytes), router order
+        on_cpu = 0  # experts of this step handed to the CPU so far
         for _, action, expert, fraction in outstanding:
             if action == LOAD:
                 late = book.claim(layer, expert, t_router) if book is not None and book.inflight else None
@@ -360,7 +361,8 @@ class _Replay:
                 metrics.gpu_copies += 1
                 fetches.append((expert, self.expert_bytes))
             else:
-                self._handle_miss(action, t_router, arrivals, step.counts[expert] if step is not None else 1)
+                self._handle_miss(action, t_router, arrivals, step.counts[expert] if step is not None else 1, on_cpu == 0)
+                on_cpu += action == CPU
         if fetches:
             demand_bytes += sum(nbytes for _, nbytes in fetches)
             if timing or self.memory.on_nvme:  # without a clock, only the DRAM tier's counts need the call
@@ -497,8 +499,9 @@ class _Replay:
             return self.miss_costs
         return self.timing.batch.miss(tokens) or self.miss_costs
 
-    def _handle_miss(self, action: str, t_router: float, arrivals: list, tokens: int = 1) -> None:
-        """Count and time a miss that is not fetched: run on the CPU (for its `tokens` rows), or skipped."""
+    def _handle_miss(self, action: str, t_router: float, arrivals: list, tokens: int = 1, first: bool = True) -> None:
+        """Count and time a miss that is not fetched: run on the CPU (for its `tokens` rows; the step's `first` CPU
+        expert pays the runtime's fixed cost of a CPU step), or skipped."""
         if action == SKIP:
             self.metrics.approximated_skipped += 1
         elif action == CPU:
@@ -506,9 +509,10 @@ class _Replay:
             if self.timing:
                 costs = self._miss_costs_for(tokens)
                 half_trip = costs.activation_round_trip_s / 2
+                busy_s = costs.cpu_expert_s + (costs.cpu_step_overhead_s if first else 0.0)
                 start = max(t_router + half_trip, self.cpu_free)
-                self.cpu_free = start + costs.cpu_expert_s
-                self.metrics.cpu_busy_s += costs.cpu_expert_s
+                self.cpu_free = start + busy_s
+                self.metrics.cpu_busy_s += busy_s
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
         else:
             raise ValueError(f"miss handler returned unknown action {action!r}")
