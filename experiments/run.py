@@ -335,6 +335,9 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         )
     timing = None
     runtime = Runtime(**run.runtime.model_dump())
+    if runtime.cpu_sockets > hardware.cpu.sockets:
+        raise InputError(f"runtime.cpu_sockets: {runtime.cpu_sockets} is more than hardware={hardware.name}'s "
+                         f"{hardware.cpu.sockets} CPU socket(s)")
     if run.replay.timed:
         timing = Timing(step_costs(model, hardware.gpu, runtime=runtime), hardware.h2d,
                         batch_costs(model, hardware, runtime) if serving else None)

@@ -107,6 +107,17 @@ class CPUFields(_Cited):
     name: str = Field(min_length=1)
     memory_bandwidth_Bps: Positive
     flops: Positive
+    threads: int | None = Field(default=None, gt=0)
+    """Hardware threads the runtime uses for expert compute; unset means not given (`CPUSpec.threads` 0)."""
+    sockets: int | None = Field(default=None, gt=0)
+    """CPU sockets; unset means 1. With more than one, the `sources` entry for memory_bandwidth_Bps says whether it
+    is one socket's or all sockets' bandwidth (NUMA)."""
+
+    def dataclass_kwargs(self) -> dict:
+        kwargs = super().dataclass_kwargs()
+        kwargs["threads"] = kwargs["threads"] or 0
+        kwargs["sockets"] = kwargs["sockets"] or 1
+        return kwargs
 
 
 class ProfileFile(BaseModel):

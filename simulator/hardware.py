@@ -46,7 +46,15 @@ class LinkSpec:
 class CPUSpec:
     name: str
     memory_bandwidth_Bps: float
+    """DRAM bandwidth the expert compute sees, of one socket (the GPU's NUMA node) on a multi-socket host."""
     flops: float
+    """One socket's FLOP rate."""
+    threads: int = 0
+    """Hardware threads the runtime uses for expert compute (e.g. ktransformers' --cpu_infer); 0 = not given.
+    Descriptive: the CPU timing reads the bandwidth and FLOP rate."""
+    sockets: int = 1
+    """CPU sockets (NUMA nodes). A runtime that reads its CPU experts from k of them (`runtime.cpu_sockets`, with
+    the experts copied to each node) gets k times one socket's bandwidth and FLOP rate."""
 
 
 @dataclass(frozen=True)

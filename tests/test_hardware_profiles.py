@@ -15,6 +15,9 @@ from simulator.hardware import HardwareProfile
 EXPECTED = {"rtx4090_pcie4", "rtx3090_pcie4", "a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c",
             "rtx4070_laptop_pcie4x8", "jetson_agx_orin_64g", "jetson_orin_nano_super",
             "rtx4090_pcie4_nvme5", "h100_pcie5_nvme5", "h200_pcie5_nvme5", "gh200_c2c_nvme5"}
+NEW_PROFILES = {"rtx_a5000_pcie4", "t4_pcie3", "quadro_rtx6000_pcie3", "l4_pcie4", "rtx4090_2x_xeon6454s",
+                "rtx2080_pcie3_ddr4x4"}
+"""Machines that published MoE-offloading figures ran on (MoE-Infinity/MoE-Gen, Colab, Fiddler, ktransformers, llama.cpp)."""
 UNIFIED_MEMORY = {"jetson_agx_orin_64g", "jetson_orin_nano_super"}
 """Edge devices whose CPU and GPU share one memory: h2d/d2h are modelled as that memory."""
 DATA_CENTRE = {"a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
@@ -49,7 +52,63 @@ def test_every_shipped_number_has_its_own_citation():
 
 
 def test_expected_profiles_are_shipped():
-    assert EXPECTED <= set(list_profiles())
+    assert EXPECTED | NEW_PROFILES <= set(list_profiles())
+
+
+@pytest.mark.parametrize("name", sorted(NEW_PROFILES))
+def test_new_profile_loads_and_cites_every_number(name):
+    profile = load_profile(name)
+    assert profile.name == name and profile.description
+    doc = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    for section in ("gpu", "h2d", "d2h", "cpu", "nvme"):
+        numbers = {k for k, v in doc[section].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert numbers and numbers <= set(doc[section]["sources"]), f"{name}.{section}"
+
+
+def test_cpu_threads_and_sockets_default_when_not_given():
+    """Profiles written before the fields existed load unchanged: 0 threads (not given), 1 socket."""
+    cpu = load_profile("rtx4090_pcie4").cpu
+    assert (cpu.threads, cpu.sockets) == (0, 1)
+
+
+def test_ktransformers_machine_is_two_sockets_with_one_sockets_bandwidth():
+    profile = load_profile("rtx4090_2x_xeon6454s")
+    assert (profile.cpu.sockets, profile.cpu.threads) == (2, 65)
+    assert profile.cpu.memory_bandwidth_Bps == 307.2e9  # one socket's 8 x DDR5-4800, not both
+    doc = yaml.safe_load((PROFILE_DIR / "rtx4090_2x_xeon6454s.yaml").read_text(encoding="utf-8"))
+    assert "ONE socket" in doc["cpu"]["sources"]["memory_bandwidth_Bps"]
+
+
+def test_multi_socket_profiles_say_whose_bandwidth_it_is():
+    for name in list_profiles():
+        doc = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+        if doc["cpu"].get("sockets", 1) > 1:
+            assert "socket" in doc["cpu"]["sources"]["memory_bandwidth_Bps"].lower(), name
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("sockets", 0, "cpu.sockets: Input should be greater than 0 (got 0)"),
+        ("sockets", -2, "cpu.sockets: Input should be greater than 0 (got -2)"),
+        ("threads", 0, "cpu.threads: Input should be greater than 0 (got 0)"),
+        ("threads", 2.5, "cpu.threads: Input should be a valid integer"),
+        ("threads", "many", "cpu.threads: Input should be a valid integer"),
+        ("sockets", True, "cpu.sockets: expected a number, got a boolean (got True)"),
+    ],
+)
+def test_bad_threads_or_sockets_name_file_field_and_value(tmp_path, field, value, expected):
+    def mutate(d):
+        d["cpu"][field] = value
+        d["cpu"]["sources"][field] = "Assumption: a test value."
+
+    path = _write(tmp_path, mutate)
+    assert expected in _error(path)
+
+
+def test_threads_and_sockets_need_a_citation(tmp_path):
+    path = _write(tmp_path, lambda d: d["cpu"].update(threads=16, sockets=2))
+    assert "cpu: no source for ['threads', 'sockets']" in _error(path)
 
 
 def test_library_has_at_least_eight_distinct_machines():
