@@ -77,7 +77,8 @@ class DynamicSplit(Placement):
 
     Greedy, in router order, over the step's estimated clocks (`SplitView`): loading an expert ends its GPU work at
     max(GPU free, its arrival behind the loads chosen before it) + its compute; running it on the CPU ends at
-    max(router + hidden state to the host, CPU free) + its CPU time + the output back. The choice that gives the
+    max(router + hidden state to the host, CPU free) + its CPU time + the output back (the step's first CPU expert
+    also pays the runtime's fixed cost of a CPU step). The choice that gives the
     smaller finish of the step so far (the later of the two sides) wins; a tie loads it, since a loaded expert can
     hit later. HybriMoE also orders and prefetches by its own scores; the prefetch is a separate plug-in here.
     """
@@ -96,13 +97,15 @@ class DynamicSplit(Placement):
             arrival = link + costs.transfer_s
             gpu_option = max(gpu_end, arrival) + view.gpu_expert_s(tokens)
             half_trip = costs.activation_round_trip_s / 2
-            cpu_done = max(view.t_router + half_trip, cpu_free) + costs.cpu_expert_s
+            overhead_s = 0.0 if on_cpu else costs.cpu_step_overhead_s
+            cpu_done = max(view.t_router + half_trip, cpu_free) + overhead_s + costs.cpu_expert_s
             if max(gpu_end, cpu_done + half_trip) < max(gpu_option, cpu_end):
                 on_cpu.add(expert)
                 cpu_free, cpu_end = cpu_done, cpu_done + half_trip
             else:
                 gpu_end = gpu_option
-                link = arrival - view.link_latency_s  # the next load's bytes follow this one's on the wire
+                # the next load starts when this one has arrived (one engine), or sets up while its bytes cross
+                link = arrival if view.link_engines == 1 else arrival - view.link_latency_s
         return on_cpu
 
 

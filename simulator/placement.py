@@ -32,7 +32,8 @@ from simulator.model import MoEModel
 
 @dataclass
 class SplitView:
-    """What a split may read at a step's router: the clocks, and the costs of each choice for n tokens."""
+    """What a split may read at a step's router (timed replays only): the clocks, and each choice's costs for n
+    tokens."""
 
     t_router: float
     gpu_ready_s: float
@@ -42,6 +43,9 @@ class SplitView:
     link_ready_s: float
     """When a demand fetch issued now would start on the host-to-device link: it arrives `transfer_s` later."""
     link_latency_s: float
+    link_engines: int
+    """The link's copy engines: with one, a load starts (its latency too) when the one before it has arrived; with
+    more, its set-up overlaps the one before it."""
     gpu_expert_s: Callable[[int], float]
     """An expert's GPU compute time for n tokens."""
     miss_costs: Callable[[int], MissCosts]

@@ -453,7 +453,8 @@ class _Replay:
         if not missing:
             return experts, ()
         decided: dict[int, tuple[str, float]] = {}  # position -> (action, byte fraction), for those not loaded
-        if placement is not None and placement.splits:
+        if placement is not None and placement.splits and self.timing is not None:  # without a clock a split has
+            # nothing to weigh: every miss loads, as in the plain cache
             to_cpu = placement.split(layer, [(experts[p], counts[experts[p]] if counts else 1) for p in missing],
                                      self._split_view(layer, experts, missing, step, t_router))
             for position in missing:
@@ -479,8 +480,6 @@ class _Replay:
     def _split_view(self, layer: int, experts: list[int], missing: list[int], step, t_router: float) -> SplitView:
         """The clocks a split reads at the router: the GPU after the step's resident experts, the CPU, the link."""
         timing = self.timing
-        if timing is None:  # no clock: every choice costs nothing, so a split keeps loading
-            return SplitView(0.0, 0.0, 0.0, 0.0, 0.0, lambda tokens: 0.0, lambda tokens: self.miss_costs)
         absent = {experts[p] for p in missing}
         if step is None:
             resident_s = (len(experts) - len(missing)) * timing.costs.expert_s
@@ -491,7 +490,8 @@ class _Replay:
         h2d = self.memory.h2d
         return SplitView(t_router, t_router + resident_s, self.cpu_free,
                          h2d.demand_start_s(t_router) if h2d is not None else t_router,
-                         h2d.spec.latency_s if h2d is not None else 0.0, gpu_expert_s, self._miss_costs_for)
+                         h2d.spec.latency_s if h2d is not None else 0.0, h2d.spec.copy_engines if h2d is not None else 1,
+                         gpu_expert_s, self._miss_costs_for)
 
     def _miss_costs_for(self, tokens: int) -> MissCosts:
         """The alternatives' costs for a missed expert serving `tokens` rows (the profile's for one row)."""
