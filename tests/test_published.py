@@ -1,0 +1,73 @@
+"""The published-anchors reproduction: rows carry their sources, a row's framework overhead comes from its siblings
+(never from its own figure), the synthetic Qwen3 trace meets moe-lrc's locality, absent traces are reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.config import CacheConfig, HardwareConfig, ModelConfig, ReplayConfig, RunConfig, TraceConfig
+from experiments.reproduce import published
+from experiments.run import simulate
+
+FIELDS = {"anchor", "source", "setting", "published", "simulated", "unit", "error", "trace", "parameters"}
+
+
+def test_every_anchor_names_its_source_setting_and_parameters():
+    anchors = published._anchors()
+    assert len(anchors) >= 6
+    for anchor in anchors:
+        assert anchor.source and anchor.trace_why and anchor.parameters
+        assert {"gpu", "model", "dtype", "batch", "cache"} <= set(anchor.setting)
+        assert anchor.unit in ("s/token", "tok/s") and anchor.published > 0
+
+
+def test_a_rows_overhead_is_what_its_sibling_implies_not_its_own(tmp_path):
+    """ktransformers' two rows: each takes the per-layer overhead the *other* row's figure implies."""
+    out = tmp_path / "kt.json"
+    assert published.main(["--json", str(out), "--only", "ktransformers"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 and all(FIELDS <= set(r) for r in rows)
+    one, two = rows
+    for row, other in ((one, two), (two, one)):
+        assert row["error"] == pytest.approx(row["simulated"] / row["published"] - 1)
+        text = row["parameters"]["runtime.layer_overhead_s"]
+        assert other["anchor"] in text and row["anchor"] not in text
+    # The overhead each row implies, from its published figure and its roofline (no overhead) time per token:
+    anchors = {a.anchor: a for a in published._anchors()}
+    assert anchors[one["anchor"]].run["placement"] == {"_target_": "cpu-experts"}
+    # both rows replay the same synthetic DeepSeek-V3 trace: 58 layer steps a token
+    implied = {r["anchor"]: (1 / r["published"] - 1 / r["simulated_roofline"]) / 58 for r in rows}
+    for row, other in ((one, two), (two, one)):
+        stated_ms = float(row["parameters"]["runtime.layer_overhead_s"].split(" ms")[0])
+        assert stated_ms == pytest.approx(implied[other["anchor"]] * 1e3, abs=5e-4)
+
+
+def test_the_synthetic_qwen3_trace_meets_moe_lrcs_locality(tmp_path):
+    trace = tmp_path / "qwen3.parquet"
+    published._qwen3_trace(trace)
+    run = RunConfig(trace=TraceConfig(path=str(trace)), model=ModelConfig(), hardware=HardwareConfig(profile="rtx4090_pcie4"),
+                    policy={"_target_": "lru"}, cache=CacheConfig(capacity=2 * 48 * 8, scope="global", reset_per_sequence=True),
+                    replay=ReplayConfig(timed=False, progress=False))
+    assert simulate(run).metrics.summary()["hit_rate"] == pytest.approx(published.MOE_LRC_QWEN3_LRU_RHO2, abs=0.01)
+
+
+def test_rows_whose_shared_trace_is_absent_are_reported_not_invented(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert published.main(["--json", str(out), "--only", "llama.cpp", "--shared", str(tmp_path / "none")]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["anchor"] for r in doc["rows"]] == ["llama.cpp --n-cpu-moe 36, qwen3-30b-a3b"]
+    assert [s["anchor"] for s in doc["skipped"]] == ["llama.cpp --n-cpu-moe 16, deepseek-coder-v2-lite"]
+    # Its sibling is absent, so the row has no overhead to borrow: the roofline alone.
+    row = doc["rows"][0]
+    assert row["simulated"] == row["simulated_roofline"]
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_an_unknown_system_is_one_line_exit_2(tmp_path, capsys):
+    assert published.main(["--json", str(tmp_path / "x.json"), "--only", "nobody"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("published: --only") and "\n" not in err
+    assert not Path(tmp_path / "x.json").exists()
