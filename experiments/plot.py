@@ -351,6 +351,32 @@ def latency_vs_rate(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
     return save(fig, out_dir, "latency_vs_rate")
 
 
+def time_vs_cpu_layers(runs: pd.DataFrame, out_dir: Path, **_) -> list[Path] | str:
+    """Time per token and CPU utilisation against the MoE layers whose experts run on the CPU
+    (`placement=static-layers placement.cpu_layers=N`, llama.cpp's --n-cpu-moe): a row of two panels per value of
+    the other varying keys, a line per policy × cache size."""
+    if "placement" not in runs or "placement.cpu_layers" not in runs:
+        return "no placement=static-layers run"
+    placed = runs[(runs["placement"] == "static-layers") & runs["time_per_token_s"].notna()].copy()
+    placed = placed[placed["placement.cpu_layers"].map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))]
+    if placed["placement.cpu_layers"].nunique() < 2:
+        return "one value of placement.cpu_layers only (a number of layers)"
+    parts = panels(placed, varying(placed, {"placement.cpu_layers"}))
+    capacities = sorted(placed["cache.capacity"].unique())
+    fig, axes = plt.subplots(len(parts), 2, figsize=(6.6, 2.2 * len(parts) + 0.4), squeeze=False, sharex=True,
+                             layout="constrained")
+    for row, (title, sub) in zip(axes, parts):
+        policy_capacity_lines(row[0], sub, "placement.cpu_layers", "time_per_token_s", capacities, 1e3)
+        policy_capacity_lines(row[1], sub, "placement.cpu_layers", "cpu_utilisation", capacities)
+        row[0].set(ylabel="time per token (ms)", title=title)
+        row[0].set_ylim(bottom=0)
+        row[1].set(ylabel="CPU utilisation", title=title, ylim=(0, 1))
+    for ax in axes[-1]:
+        ax.set_xlabel("MoE layers on the CPU (--n-cpu-moe)")
+    policy_capacity_legend(fig, placed["policy"].unique(), capacities)
+    return save(fig, out_dir, "time_vs_cpu_layers")
+
+
 TIMELINE_COLOURS = {
     "non-expert": "#BBBBBB",
     "issue prefetches": "#882255",
@@ -420,6 +446,7 @@ FIGURES: dict[str, Callable] = {
     "per_layer_hit_rate": per_layer_heatmap,
     "locality_across_traces": locality_across_traces,
     "timeline": timeline_gantt,
+    "time_vs_cpu_layers": time_vs_cpu_layers,
 }
 SERVING_FIGURES: dict[str, Callable] = {
     "throughput_vs_batch": throughput_vs_batch,
