@@ -48,7 +48,7 @@ def _m(name, layers, experts, k, shared, hidden, ffn, non_expert, gated=True, kv
                     kv_latent_dim=latent)
 
 
-PRESETS: dict[str, MoEModel] = {
+PRESETS: dict[str, MoEModel] = {  # fp16 unless the model was released in another type (said where so)
     # GQA 32 q / 8 kv heads × 128: 2·4096² + 2·4096·1024 = 41.9M; router 4096·8.
     "mixtral-8x7b": _m("mixtral-8x7b", 32, 8, 2, 0, 4096, 14336, 41_943_040 + 32_768, kv=(32, 32, 8, 128, 0)),
     # GQA 48 q / 8 kv heads × 128: 2·6144² + 2·6144·1024 = 88.1M; router 6144·8. Shape weakly sourced.
@@ -58,9 +58,11 @@ PRESETS: dict[str, MoEModel] = {
     "deepseek-v2-lite": _m("deepseek-v2-lite", 26, 64, 6, 2, 2048, 1408,
                            13_762_560 + 17_301_504 + 131_072 + 3_115_480, kv=(27, 16, 16, 192, 576)),
     # MLA (q_a 11.0M, q_b 37.7M, kv_a 4.1M, kv_b 16.8M, o 117.4M) = 187.1M; 1 shared expert 44.0M; router 1.8M;
-    # dense layers 0-2 (MLA 187.1M + FFN 3·7168·18432 = 396.4M each) over 58 MoE layers 30.2M.
-    "deepseek-v3": _m("deepseek-v3", 58, 256, 8, 1, 7168, 2048,
-                      187_105_280 + 44_040_192 + 1_835_008 + 30_179_328, kv=(61, 128, 128, 192, 576)),
+    # dense layers 0-2 (MLA 187.1M + FFN 3·7168·18432 = 396.4M each) over 58 MoE layers 30.2M. Stored as released:
+    # fp8 (e4m3, 128x128 blocks with an fp32 scale, 1.0002 B/param) for the experts and the attention projections.
+    "deepseek-v3": replace(_m("deepseek-v3", 58, 256, 8, 1, 7168, 2048,
+                              187_105_280 + 44_040_192 + 1_835_008 + 30_179_328, kv=(61, 128, 128, 192, 576)),
+                           param_bytes=1.0),
     # MHA 16 heads: 4·2048² = 16.8M; shared expert (width 5632) 34.6M; router 2048·60.
     "qwen1.5-moe-a2.7b": _m("qwen1.5-moe-a2.7b", 24, 60, 4, 1, 2048, 1408, 16_777_216 + 34_603_008 + 122_880,
                             kv=(24, 16, 16, 128, 0)),

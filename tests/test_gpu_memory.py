@@ -5,6 +5,7 @@ hold the weights is refused in one line, one whose expert cache does not fit run
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -49,8 +50,8 @@ def _trace(path, model, tokens=3):
 
 
 def test_weights_that_leave_no_room_are_one_line(tmp_path):
-    # DeepSeek-V3's non-expert weights alone (58 · 262.8M params · 2 B ≈ 30.5 GB) exceed the RTX 4090's 24 GiB.
-    trace = _trace(tmp_path / "v3.parquet", get_preset("deepseek-v3"))
+    # DeepSeek-V3's non-expert weights at bf16 alone (58 · 262.8M params · 2 B ≈ 30.5 GB) exceed the RTX 4090's 24 GiB.
+    trace = _trace(tmp_path / "v3.parquet", replace(get_preset("deepseek-v3"), non_expert_param_bytes=2.0))
     done = moe_sim(f"trace.path={trace}", "cache.capacity=8", "replay.timed=false", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "hardware=rtx4090_pcie4" in done.stderr and "non-expert weights" in done.stderr
