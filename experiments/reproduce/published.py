@@ -74,6 +74,21 @@ MI_OVERHEAD_SOURCE = ("0.521 ms per layer step: MoE-Infinity's own measured per-
                       "RTX PRO 6000, so its GPU compute, ~4 ms, is inside it too)")
 
 
+MI_NOTES = {
+    "deepseek-v2-lite": "Far under. The published 0.100 s is what every routed expert crossing PCIe each token costs "
+                        "(26 x 6 experts x 17.3 MB at 25.2 GB/s = 107 ms), while a cache of 0.75 x 24 GB holds 1,117 "
+                        "of the 1,664 experts: either the measured runtime keeps far fewer DeepSeek experts resident "
+                        "than its ratio says, or a cost per expert call (156 a token) is missing. Not resolvable "
+                        "without running it; the README gives no prompt or decode lengths.",
+    "mixtral-8x7b": "The README gives no prompt or decode lengths; an older README's Mixtral sample loads a GPTQ "
+                    "checkpoint, so Mixtral's dtype is uncertain. 64 expert copies of 352 MB a token at 25.2 GB/s "
+                    "are 0.89 s: the published 0.735 s means about a fifth of them hit.",
+    "qwen3-30b-a3b": "Under. As DeepSeek's: 48 x 8 experts x 9.44 MB at 25.2 GB/s = 144 ms, the published 150 ms is "
+                     "about every expert crossing each token. The trace is synthetic (its locality fitted at 2·L·k "
+                     "slots, not at this cache's size).",
+}
+
+
 def _cache_share(model: str, dtype: str, profile: str, share: float) -> int:
     """Experts that `share` of the GPU's memory holds (MoE-Infinity's device_memory_ratio)."""
     return int(share * load_profile(profile).gpu.memory_bytes // get_preset(model, dtype).bytes_per_expert)
@@ -105,8 +120,7 @@ def _anchors() -> list[Anchor]:
              "cache": {"capacity": slots, "scope": "global"}},
             {"cache.capacity": mi_cache, "policy": mi_policy, "hardware": "README: one A5000 24 GB; host not stated (profile's assumption)",
              "runtime.layer_overhead_s": MI_OVERHEAD_SOURCE},
-            "The README does not state the prompt and decode lengths; an older README's Mixtral sample loads a GPTQ "
-            "checkpoint, so Mixtral's dtype is uncertain." if name == "mixtral-8x7b" else "", MI_OVERHEAD_S))
+            MI_NOTES[name], MI_OVERHEAD_S))
     rows.append(Anchor(
         "Mixtral Offloading, mixtral-8x7b", "mixtral-offloading",
         mi + ", legacy table ('Mixtral Offloading 1.752')", 1.752, "s/token",
@@ -118,7 +132,10 @@ def _anchors() -> list[Anchor]:
         {"model.dtype": "dvmazur/mixtral-offloading demo: ffn BaseQuantizeConfig(nbits=2, group_size=16, quant_zero, "
                         "quant_scale), attention nbits=4 group_size=64 (bytes in simulator/presets.py)",
          "cache": "demo: offload_per_layer=4 of 8, per-layer LRU; the released code has no speculative prefetch"},
-        "MoE-Infinity ran it; its config on that run is not stated. HQQ's dequantisation is not in the roofline."))
+        "Far under. At the demo's HQQ 2-bit experts (66.4 MB) a miss costs 2.6 ms on the link; 1.752 s a token "
+        "needs tens of ms per miss. Missing: HQQ's dequantisation (PyTorch unpacking per call) and the run's "
+        "settings (MoE-Infinity's table does not say which quantisation or offload_per_layer it ran); the paper's own "
+        "figures (2-3 tok/s on consumer GPUs, secondary reading) were not reachable."))
     kt = "kvcache-ai/ktransformers doc/en/DeepseekR1_V3_tutorial.md (commit 034a116), V0.2 table, 8 experts, 500-token prompt"
     for sockets, published in ((1, 8.73), (2, 12.208)):
         rows.append(Anchor(
@@ -132,7 +149,10 @@ def _anchors() -> list[Anchor]:
              "placement": {"_target_": "cpu-experts"}, "runtime": {"cpu_sockets": sockets}},
             {"placement": "tutorial: 'we offload the expert computation to the CPU and MLA/KVCache to GPU'",
              "runtime.cpu_sockets": f"tutorial: {'numactl -N 1 -m 1, --cpu_infer 33' if sockets == 1 else 'USE_NUMA=1 copies the experts to both nodes, --cpu_infer 65'}"},
-            "The doc's summary gives 11.26 tok/s for two sockets, its table 12.208; the table is used."))
+            "The doc's summary gives 11.26 tok/s for two sockets, its table 12.208; the table is used. The roofline alone "
+            "reads the routed experts' 12.4 GB a token at the sockets' peak 307 GB/s; the per-layer cost each row "
+            "borrows from the other is what the CPU kernels (llamafile, 33 / 65 threads) lose against peak, and the "
+            "two sockets gain 1.4x, not 2x."))
     lc = "AlexsJones/llmfit PR #{pr} (llama.cpp server, `-ngl 99 --n-cpu-moe {n}`, single request, 'llmfit bench --runs 3')"
     for model, trace, why, layers, published, pr in (
             ("qwen3-30b-a3b", "qwen3-30b-a3b", qw_trace, 36, 36.7, 755),
@@ -150,7 +170,9 @@ def _anchors() -> list[Anchor]:
             {"placement.cpu_layers": f"the run's --n-cpu-moe {layers}",
              "cache": "-ngl 99: every other layer's experts resident (a static cache as big as a layer)",
              "cpu.memory_bandwidth_Bps": "PR #755: '~102 GB/s measured quad-channel DDR4'"},
-            "Decode rate as the server reports it; the DIMM speed and PCIe slot are not stated."))
+            "Decode rate as the server reports it; the DIMM speed and PCIe slot are not stated. The roofline alone is "
+            "about twice too fast; the per-layer cost each row borrows from the other stands for llama.cpp's backend "
+            "splits (a synchronisation and two copies per CPU layer) and CPU kernels below the measured bandwidth."))
     slots = int((0.95 * load_profile("quadro_rtx6000_pcie3").gpu.memory_bytes
                  - get_preset("mixtral-8x7b").non_expert_params_per_layer * 32 * 2) // get_preset("mixtral-8x7b").bytes_per_expert)
     rows.append(Anchor(
@@ -166,8 +188,10 @@ def _anchors() -> list[Anchor]:
         {"cache.capacity": "src/fiddler/mixtral.py: n_expert_on_gpu = (0.95 · total memory − allocated) // expert bytes, "
                            "filled by profiled popularity (here: the trace's own counts)",
          "miss": "src/fiddler/mixtral.py: a missed expert with fewer than 10 tokens runs on the CPU (every decode miss)"},
-        "'>3' is a bound, and the README's tok/s counts prefill (benchmarks/latency.py); the decode rate is simulated. "
-        "Fiddler's CPU experts are PyTorch bf16 on a CPU without AVX512_BF16, which the README calls slow."))
+        "Over. '>3' is a bound, and the README's tok/s counts prefill (benchmarks/latency.py); the decode rate is "
+        "simulated. Fiddler's own constants (CPU 7 vs transfer 70 units a token) put a CPU expert at a tenth of a "
+        "PCIe 3.0 copy (~2.7 ms), as the roofline does (352 MB at 140.8 GB/s = 2.5 ms), so the CPU cost agrees; the "
+        "host CPU and its DRAM are assumptions."))
     return rows
 
 
