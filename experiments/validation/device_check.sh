@@ -26,8 +26,9 @@ timeout 120 python3 -m hardware_profiles.calibration.calibrate --out "$OUT/calib
 echo "calibrate: $(( $(date +%s) - start )) s"
 traces=(--trace traces/data/default.parquet)
 [ -f .whl/traces/ds1351.parquet ] && traces+=(--trace .whl/traces/ds1351.parquet)
+# capacities 8, 16 and 32 are the default
 timeout 300 python3 -m experiments.validation.validate --runtime cuda --json "$OUT/validate.json" "${traces[@]}" \
-  --repeats 3 --store /tmp/experts  # capacities 8, 16, 32 (the default) 2>&1 | tee "$OUT/validate.log"
+  --repeats 3 --store /tmp/experts 2>&1 | tee "$OUT/validate.log"
 echo "validate: $(( $(date +%s) - start )) s"
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_validate.py tests/test_calibrate.py 2>&1 | tail -5 | tee "$OUT/tests.log"
 echo "total: $(( $(date +%s) - start )) s"
