@@ -446,13 +446,16 @@ FIGURES: dict[str, Callable] = {
     "per_layer_hit_rate": per_layer_heatmap,
     "locality_across_traces": locality_across_traces,
     "timeline": timeline_gantt,
-    "time_vs_cpu_layers": time_vs_cpu_layers,
 }
 SERVING_FIGURES: dict[str, Callable] = {
     "throughput_vs_batch": throughput_vs_batch,
     "latency_vs_rate": latency_vs_rate,
 }
 """Drawn (or reported skipped) only for a sweep with batched-serving runs (serve=continuous)."""
+PLACEMENT_FIGURES: dict[str, Callable] = {
+    "time_vs_cpu_layers": time_vs_cpu_layers,
+}
+"""Drawn (or reported skipped) only for a sweep with placement=static-layers runs."""
 
 
 def plot_sweep(sweep_dir: Path, out_dir: Path) -> dict[str, list[Path] | str]:
@@ -462,6 +465,8 @@ def plot_sweep(sweep_dir: Path, out_dir: Path) -> dict[str, list[Path] | str]:
     figures = dict(FIGURES)
     if "serve.mode" in runs and (runs["serve.mode"] == "continuous").any():
         figures |= SERVING_FIGURES
+    if "placement" in runs and (runs["placement"] == "static-layers").any():
+        figures |= PLACEMENT_FIGURES
     return {name: draw(runs, out_dir, sweep_dir=Path(sweep_dir)) for name, draw in figures.items()}
 
 
