@@ -165,10 +165,12 @@ def _anchors() -> list[Anchor]:
              "dtype": "Q4_K_M", "batch": 1, "cache": f"layers {layers}.. resident on the GPU"},
             trace, why,
             {"hardware": "rtx2080_pcie3_ddr4x4", "model": {"preset": model, "dtype": "q4_k_m", "non_expert_dtype": "q4_k_m"},
-             "policy": {"_target_": "static"}, "cache": {"capacity": get_preset(model).experts_per_layer, "scope": "layer"},
+             "policy": {"_target_": "static", "preload": True},
+             "cache": {"capacity": get_preset(model).experts_per_layer, "scope": "layer"},
              "placement": {"_target_": "static-layers", "cpu_layers": layers}},
             {"placement.cpu_layers": f"the run's --n-cpu-moe {layers}",
-             "cache": "-ngl 99: every other layer's experts resident (a static cache as big as a layer)",
+             "cache": "-ngl 99: every other layer's experts resident from the start (a static cache as big as a layer, "
+                      "preloaded)",
              "cpu.memory_bandwidth_Bps": "PR #755: '~102 GB/s measured quad-channel DDR4'"},
             "Decode rate as the server reports it; the DIMM speed and PCIe slot are not stated. The roofline alone is "
             "about twice too fast; the per-layer cost each row borrows from the other stands for llama.cpp's backend "
@@ -183,15 +185,17 @@ def _anchors() -> list[Anchor]:
          "cache": f"{slots} popular experts pinned"},
         "mixtral-8x7b", mx_trace,
         {"hardware": "quadro_rtx6000_pcie3", "model": {"preset": "mixtral-8x7b", "dtype": "bf16"},
-         "policy": {"_target_": "static"}, "cache": {"capacity": slots, "scope": "global"},
+         "policy": {"_target_": "static", "preload": True}, "cache": {"capacity": slots, "scope": "global"},
          "miss": {"_target_": "cpu", "always": True}},
         {"cache.capacity": "src/fiddler/mixtral.py: n_expert_on_gpu = (0.95 · total memory − allocated) // expert bytes, "
-                           "filled by profiled popularity (here: the trace's own counts)",
+                           "filled by profiled popularity before serving (here: the trace's own counts, preloaded)",
          "miss": "src/fiddler/mixtral.py: a missed expert with fewer than 10 tokens runs on the CPU (every decode miss)"},
         "Over. '>3' is a bound, and the README's tok/s counts prefill (benchmarks/latency.py); the decode rate is "
         "simulated. Fiddler's own constants (CPU 7 vs transfer 70 units a token) put a CPU expert at a tenth of a "
-        "PCIe 3.0 copy (~2.7 ms), as the roofline does (352 MB at 140.8 GB/s = 2.5 ms), so the CPU cost agrees; the "
-        "host CPU and its DRAM are assumptions."))
+        "PCIe 3.0 copy (~2.7 ms), as the roofline does (352 MB at 140.8 GB/s = 2.5 ms). Measured 3 tok/s would need "
+        "~7.6 ms per CPU expert: Fiddler runs torch.set_num_threads(16) on a 48-core host in PyTorch's bf16 path, "
+        "which lacks AVX512_BF16 on Skylake (its README: slow there); the profile's CPU is a whole socket at peak. "
+        "The host CPU and its DRAM are assumptions."))
     return rows
 
 
