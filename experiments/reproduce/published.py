@@ -231,20 +231,16 @@ def prepare_traces(shared: Path, directory: Path, wanted: set[str]) -> tuple[dic
     """The traces the anchors need: {name: path}, and {name: why it is absent} for those that cannot be made."""
     traces, absent = {}, {}
     real = shared / "traces" / "real"
-    if "deepseek-v2-lite" in wanted:
-        source = real / "moe-beyond-test-predicted"
-        if source.is_dir():
-            traces["deepseek-v2-lite"] = directory / "deepseek.parquet"
-            moe_beyond.import_files([source], traces["deepseek-v2-lite"])
+    shared_traces = (("deepseek-v2-lite", real / "moe-beyond-test-predicted", moe_beyond.import_files),
+                     ("mixtral-8x7b", real / "mixtral_8x7b_fp8_speculative_moe_routing_raw.jsonl", vllm_jsonl.import_files))
+    for name, source, import_files in shared_traces:
+        if name not in wanted:
+            continue
+        if source.exists():
+            traces[name] = directory / f"{name}.parquet"
+            import_files([source], traces[name])
         else:
-            absent["deepseek-v2-lite"] = f"{source} is absent"
-    if "mixtral-8x7b" in wanted:
-        source = real / "mixtral_8x7b_fp8_speculative_moe_routing_raw.jsonl"
-        if source.is_file():
-            traces["mixtral-8x7b"] = directory / "mixtral.parquet"
-            vllm_jsonl.import_files([source], traces["mixtral-8x7b"])
-        else:
-            absent["mixtral-8x7b"] = f"{source} is absent"
+            absent[name] = f"{source} is absent"
     if "qwen3-30b-a3b" in wanted:
         traces["qwen3-30b-a3b"] = directory / "qwen3.parquet"
         _qwen3_trace(traces["qwen3-30b-a3b"])
