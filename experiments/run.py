@@ -159,12 +159,12 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
 
 
 def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, memory: GpuMemory,
-                   hardware: HardwareProfile) -> int | list[int]:
-    """`cache.capacity` (`auto`: what `memory` leaves for experts), or with `cache.sizing=adapmoe` each layer's share
-    of the budget, chosen by AdapMoE's DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the
-    replayed trace)."""
+                   hardware: HardwareProfile, gpu_layers: int | None = None) -> int | list[int]:
+    """`cache.capacity` (`auto`: what `memory` leaves for experts, shared by the `gpu_layers` whose experts the
+    placement leaves on the GPU), or with `cache.sizing=adapmoe` each layer's share of the budget, chosen by AdapMoE's
+    DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the replayed trace)."""
     c = run.cache
-    capacity = auto_capacity(run.cache.scope, model, memory, hardware) if c.capacity == "auto" else c.capacity
+    capacity = auto_capacity(run.cache.scope, model, memory, hardware, gpu_layers) if c.capacity == "auto" else c.capacity
     if c.sizing == "uniform":
         if c.budget is not None or c.sizing_trace is not None:
             raise InputError("cache.budget / cache.sizing_trace: they size layers for cache.sizing=adapmoe, not uniform")
@@ -214,12 +214,18 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
-def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: HardwareProfile) -> int:
+def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: HardwareProfile,
+                  gpu_layers: int | None = None) -> int:
     """`cache.capacity=auto`: the experts `memory` has room for after the non-expert weights and the KV reserve, per
-    layer (scope layer) or in all (global), at most every expert; one line when that is fewer than top_k."""
+    layer (scope layer) or in all (global), at most every expert of the `gpu_layers` (default: all) whose experts
+    the GPU computes; one line when that is fewer than top_k. With no layer on the GPU the cache is never used: top_k."""
+    layers = model.moe_layers if gpu_layers is None else gpu_layers
+    if layers == 0:
+        return model.top_k
     slots = memory.free_for_experts_bytes // model.bytes_per_expert
     per_layer = scope == "layer"
-    capacity = min(slots // model.moe_layers, model.experts_per_layer) if per_layer else min(slots, model.total_experts)
+    capacity = (min(slots // layers, model.experts_per_layer) if per_layer
+                else min(slots, layers * model.experts_per_layer))
     if capacity < model.top_k:
         raise InputError(f"cache.capacity=auto: hardware={hardware.name}'s GPU memory leaves room for {slots:,} "
                          f"experts of {_gb(model.bytes_per_expert)}, fewer than top_k={model.top_k} "
@@ -309,16 +315,17 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     serving = run.serve.mode == "continuous"
     reserved = (run.serve.max_batch if run.serve.kv == "static" else 0) if serving else 1
     without_experts = checked_gpu_memory(model, hardware, trace, reserved)
+    placement = make_placement(run.placement, model, run.seed)
+    gpu_layers = None if placement is None else sum(not placement.on_cpu(layer) for layer in range(model.moe_layers))
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
-        cache_capacity(run, trace, model, without_experts, hardware),
+        cache_capacity(run, trace, model, without_experts, hardware, gpu_layers),
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
-    placement = make_placement(run.placement, model, run.seed)
     memory_use = without_experts.with_expert_cache(expert_slots_on_gpu(list(cache.capacities), placement, model),
                                                    model.bytes_per_expert)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []

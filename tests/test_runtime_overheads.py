@@ -5,6 +5,7 @@ expert 1.0 s; the activations' round trip 0.5 s (0.25 s each way)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -61,3 +62,18 @@ def test_more_sockets_than_the_profile_has_is_refused(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("moe-sim: runtime.cpu_sockets: 2") and "rtx4090_pcie4" in done.stderr
+
+
+def test_auto_capacity_shares_the_memory_among_the_layers_left_on_the_gpu(tmp_path):
+    """fp16 DeepSeek-V2-Lite on the 24 GiB RTX 4090: the memory left after the weights holds fewer than 26 x 64
+    experts, so `auto` gives each layer fewer slots with every layer on the GPU than with 20 layers on the CPU."""
+    capacities = {}
+    for layers in (0, 20):
+        out = tmp_path / f"run{layers}"
+        done = subprocess.run([sys.executable, "-c", "from experiments.app import main; main()", "placement=static-layers",
+                               f"placement.cpu_layers={layers}", "cache.capacity=auto", "replay.timed=false",
+                               "replay.progress=false", f"hydra.run.dir={out}"], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        capacities[layers] = json.loads((out / "metrics.json").read_text())["cache_capacities"][0]
+    assert capacities[0] < capacities[20] == 64
