@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import simpy
 
+from policies.placements import CPUExperts, DynamicSplit, StaticLayers
 from policies.registry import policy_class
 from policies.schedulers import FCFSScheduler
 from simulator.cache import ExpertCache
-from simulator.compute import batch_costs, step_costs
+from simulator.compute import batch_costs, miss_costs, step_costs
 from simulator.hardware import CPUSpec, GPUSpec, HardwareProfile, LinkSpec
 from simulator.metrics import Metrics
 from simulator.presets import get_preset
@@ -52,9 +53,9 @@ MODEL = get_preset("deepseek-v2-lite")
 GPU = GPUSpec("h100-sxm", 80 * 2**30, memory_bandwidth_Bps=3.35e12, flops=989e12, kernel_overhead_s=15e-6)
 H2D = LinkSpec(bandwidth_Bps=25e9, latency_s=15e-6)
 TIMING = Timing(step_costs(MODEL, GPU), H2D)
-# The batched replay's costs (functions of a step's tokens) on the same GPU and link; the CPU only enters the costs
-# of miss alternatives, which the benchmark does not use.
-HARDWARE = HardwareProfile("benchmark", GPU, H2D, H2D, CPUSpec("none", 1e11, 1e12))
+# The batched replay's costs (functions of a step's tokens) on the same GPU and link; the CPU (a desktop's 100 GB/s,
+# 1 TFLOP/s) computes the experts the placement rows put there.
+HARDWARE = HardwareProfile("benchmark", GPU, H2D, H2D, CPUSpec("desktop", 1e11, 1e12))
 SERVE_TIMING = Timing(TIMING.costs, H2D, batch_costs(MODEL, HARDWARE))
 SERVE_BATCHES = (1, 8, 32)
 SERVE_MAX_BATCHED_TOKENS = 2048
@@ -111,6 +112,17 @@ def run_replay(trace: TraceChunk, scope: str, timed: bool) -> Metrics:
     capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
     cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
     return replay(chunks(trace), cache, TIMING if timed else None)
+
+
+PLACEMENTS = {"static-layers 8": lambda: StaticLayers(cpu_layers=8), "cpu-experts": CPUExperts,
+              "dynamic-split": DynamicSplit}
+"""The placements timed beside the plain cache (the CPU of HARDWARE computes what they place there)."""
+
+
+def run_placed(trace: TraceChunk, placement: str) -> Metrics:
+    """The timed per-layer LRU replay with a placement (policies.placements): experts on the CPU, by layer or per step."""
+    cache = ExpertCache(policy_class("lru"), LAYER_CAPACITY, "layer", MODEL)
+    return replay(chunks(trace), cache, TIMING, miss_costs=miss_costs(MODEL, HARDWARE), placement=PLACEMENTS[placement]())
 
 
 def run_serve(trace: TraceChunk, max_batch: int) -> Metrics:
@@ -266,6 +278,12 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
             log(f"  {name}: {row.wall_s:.2f} s")
             replay_hits[scope, timed] = metrics.hits
 
+    for placement in PLACEMENTS:
+        name = f"replay timed, layer LRU {LAYER_CAPACITY}, placement {placement}"
+        row, _ = measure(name, functools.partial(run_placed, trace, placement), n, hits_of, runs)
+        rows.append(row)
+        log(f"  {name}: {row.wall_s:.2f} s")
+
     sequences = int(trace.sequence[-1]) + 1
     checks["serve"] = {}
     for batch in SERVE_BATCHES:
@@ -343,15 +361,16 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
 
 
 def format_report(result: dict) -> str:
+    width = max(40, *(len(r["case"]) for r in result["rows"]))
     header = (
-        f"{'case':<40} {'accesses':>10} {'runs':>4} {'wall s':>8} {'accesses/s':>12} {'x naive':>8} "
+        f"{'case':<{width}} {'accesses':>10} {'runs':>4} {'wall s':>8} {'accesses/s':>12} {'x naive':>8} "
         f"{'traced MiB':>10} {'hit rate':>8}  note"
     )
     lines = [header, "-" * len(header)]
     naive_rate = next(r["accesses_per_s"] for r in result["rows"] if r["case"].startswith("naive"))
     for r in result["rows"]:
         lines.append(
-            f"{r['case']:<40} {r['accesses']:>10,} {r['runs']:>4} {r['wall_s']:>8.3f} {r['accesses_per_s']:>12,.0f} "
+            f"{r['case']:<{width}} {r['accesses']:>10,} {r['runs']:>4} {r['wall_s']:>8.3f} {r['accesses_per_s']:>12,.0f} "
             f"{r['accesses_per_s'] / naive_rate:>8.1f} {r['traced_peak_mib']:>10.1f} {r['hit_rate']:>8.4f}  {r['note']}"
         )
     c = result["checks"]["naive_vs_replay"]
