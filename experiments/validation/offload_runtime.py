@@ -196,7 +196,7 @@ class OffloadRuntime:
         self.compute = store.compute(seed)
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
-            experts: bool = True, reads: bool = True) -> RuntimeResult:
+            experts: bool = True, reads: bool = True, ffn_times: list | None = None) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
@@ -206,6 +206,8 @@ class OffloadRuntime:
         is not in it: the link's calibration times a read from its issue, as a GPU copy's latency includes its launch.
         `reads=False` computes every expert as if it were resident (the buffers hold whatever they held): the
         expert FFN as the runtime runs it, between its own bookkeeping, which calibration times the same way.
+        `ffn_times`, if given (calibration only), gets the time of each resident expert's FFN call, so that the rest
+        of a step (router, bookkeeping) is timed as it runs between expert FFNs, not back to back.
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
@@ -252,9 +254,18 @@ class OffloadRuntime:
                     pending = zip(keys, reader.submit(issued)) if issued and reads else ()
                     y = compute.zeros()
                     missed = set(misses) if reads else set()
-                    for expert in step.experts:
-                        if expert not in missed:
-                            y = y + compute.ffn(views[base + expert])
+                    if ffn_times is None:
+                        for expert in step.experts:
+                            if expert not in missed:
+                                y = y + compute.ffn(views[base + expert])
+                    else:
+                        for expert in step.experts:
+                            if expert not in missed:
+                                weights = views[base + expert]
+                                t0 = time.perf_counter()
+                                out = compute.ffn(weights)
+                                ffn_times.append(time.perf_counter() - t0)
+                                y = y + out
                     for key, ticket in pending:
                         t0 = time.perf_counter()
                         reader.wait(ticket)

@@ -115,7 +115,8 @@ class StorageProbe:
 
 def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes: int, ring: BufferRing,
                   bursts: Sequence[int], repeats: int, rng, submits: list[tuple[int, float]] | None = None,
-                  firsts: list[tuple[int, float, float]] | None = None) -> dict[int, list[float]]:
+                  firsts: list[tuple[int, float, float]] | None = None,
+                  before: Callable[[], None] | None = None) -> dict[int, list[float]]:
     """Times of bursts of k whole-file reads submitted at once (`AsyncReader`, O_DIRECT), from the submitting call
     (issuing included, as a GPU copy's latency includes its launch) until the last completes,
     per burst size k in `bursts`, keyed by the burst's bytes (k · nbytes), into buffers taken from `ring` (as the
@@ -126,7 +127,10 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
     appended to it for each burst: the submitting thread's own time to issue k reads. If `firsts` is given,
     (k, seconds until the first read of the burst is seen complete, seconds until the last) is appended for each
     burst, waiting in submission order as the runtime does: whether a wire serves a burst's reads one after another
-    or all at once shows there."""
+    or all at once shows there. If `before` is given, it is called (untimed) before each burst: a runtime issues a
+    step's reads right after computing, and on the VM this was built on, a submitting call made right after expert
+    FFNs took ~50 us more than one made in a loop of bursts (per read: 22 against 13 us in bursts of 6, 48 against
+    22 us in bursts of 2), so a probe that issues its bursts back to back times a warmer call than the runtime makes."""
     samples: dict[int, list[float]] = {}
     for k in bursts:
         times = []
@@ -134,6 +138,8 @@ def burst_samples(reader: AsyncReader, groups: Sequence[Sequence[Path]], nbytes:
             group = groups[rng.integers(len(groups))]
             chosen = rng.choice(len(group), size=min(k, len(group)), replace=False)
             reads = [(group[i], ring.take(), nbytes) for i in chosen]
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             tickets = reader.submit(reads)
             if submits is not None:
