@@ -131,11 +131,17 @@ def make_placement(spec: dict, model: MoEModel, seed: int) -> Placement | None:
     return placement
 
 
-def expert_slots_on_gpu(capacities: list[int], placement: Placement | None, model: MoEModel) -> int:
-    """The expert slots that take GPU memory: a per-layer cache of a layer the placement keeps on the CPU takes none."""
-    if placement is None or len(capacities) != model.moe_layers:
+def gpu_layer_mask(placement: Placement | None, model: MoEModel) -> list[bool]:
+    """Per MoE layer, whether the GPU computes its experts (every layer without a placement)."""
+    return [placement is None or not placement.on_cpu(layer) for layer in range(model.moe_layers)]
+
+
+def expert_slots_on_gpu(capacities: list[int], on_gpu: list[bool]) -> int:
+    """The expert slots that take GPU memory: a per-layer cache of a layer the placement keeps on the CPU takes none
+    (a global cache's one capacity counts whole)."""
+    if len(capacities) != len(on_gpu):
         return sum(capacities)
-    return sum(c for layer, c in enumerate(capacities) if not placement.on_cpu(layer))
+    return sum(c for c, gpu in zip(capacities, on_gpu) if gpu)
 
 
 def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) -> Prefetcher | None:
@@ -159,7 +165,7 @@ def make_prefetcher(spec: dict, model: MoEModel, trace: TraceFile, seed: int) ->
 
 
 def cache_capacity(run: RunConfig, trace: TraceFile, model: MoEModel, memory: GpuMemory,
-                   hardware: HardwareProfile, gpu_layers: int | None = None) -> int | list[int]:
+                   hardware: HardwareProfile, gpu_layers: int) -> int | list[int]:
     """`cache.capacity` (`auto`: what `memory` leaves for experts, shared by the `gpu_layers` whose experts the
     placement leaves on the GPU), or with `cache.sizing=adapmoe` each layer's share of the budget, chosen by AdapMoE's
     DP over the per-layer LRU miss curves of `cache.sizing_trace` (default: the replayed trace)."""
@@ -214,12 +220,11 @@ def make_memory(run: RunConfig, model: MoEModel, hardware: HardwareProfile) -> M
                            gds=link(hardware.gds, "gds"), dram_cache=dram_cache, home=mem.home, path=mem.path)
 
 
-def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: HardwareProfile,
-                  gpu_layers: int | None = None) -> int:
+def auto_capacity(scope: str, model: MoEModel, memory: GpuMemory, hardware: HardwareProfile, gpu_layers: int) -> int:
     """`cache.capacity=auto`: the experts `memory` has room for after the non-expert weights and the KV reserve, per
-    layer (scope layer) or in all (global), at most every expert of the `gpu_layers` (default: all) whose experts
-    the GPU computes; one line when that is fewer than top_k. With no layer on the GPU the cache is never used: top_k."""
-    layers = model.moe_layers if gpu_layers is None else gpu_layers
+    layer (scope layer) or in all (global), at most every expert of the `gpu_layers` whose experts the GPU
+    computes; one line when that is fewer than top_k. With no layer on the GPU the cache is never used: top_k."""
+    layers = gpu_layers
     if layers == 0:
         return model.top_k
     slots = memory.free_for_experts_bytes // model.bytes_per_expert
@@ -316,17 +321,17 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     reserved = (run.serve.max_batch if run.serve.kv == "static" else 0) if serving else 1
     without_experts = checked_gpu_memory(model, hardware, trace, reserved)
     placement = make_placement(run.placement, model, run.seed)
-    gpu_layers = None if placement is None else sum(not placement.on_cpu(layer) for layer in range(model.moe_layers))
+    on_gpu = gpu_layer_mask(placement, model)
     cache = ExpertCache(
         policy_factory(run.policy, run.seed, model),
-        cache_capacity(run, trace, model, without_experts, hardware, gpu_layers),
+        cache_capacity(run, trace, model, without_experts, hardware, sum(on_gpu)),
         run.cache.scope,
         model,
         reset_per_sequence=run.cache.reset_per_sequence,
     )
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
-    memory_use = without_experts.with_expert_cache(expert_slots_on_gpu(list(cache.capacities), placement, model),
+    memory_use = without_experts.with_expert_cache(expert_slots_on_gpu(list(cache.capacities), on_gpu),
                                                    model.bytes_per_expert)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
     weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights)

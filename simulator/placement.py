@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from simulator.compute import MissCosts
+from simulator.miss_handler import COPY, CPU
 from simulator.model import MoEModel
 
 
@@ -79,3 +80,7 @@ class Placement:
     def copies(self, tokens: int) -> bool:
         """The prefill rule: an expert placed on the CPU serving `tokens` tokens of a step is copied to the GPU."""
         return 0 < self.gpu_prefill_min_tokens <= tokens
+
+    def cpu_action(self, tokens: int) -> str:
+        """What the engine does with an expert this placement puts on the CPU: run it there, or copy it (`copies`)."""
+        return COPY if self.copies(tokens) else CPU

@@ -445,7 +445,7 @@ class _Replay:
         cache, handler, costs, book, placement = self.cache, self.miss_handler, self.miss_costs, self.book, self.placement
         counts = step.counts if step is not None else None
         if placement is not None and placement.on_cpu(layer):
-            return [], [(position, COPY if placement.copies(counts[e] if counts else 1) else CPU, e, 1.0)
+            return [], [(position, placement.cpu_action(counts[e] if counts else 1), e, 1.0)
                         for position, e in enumerate(experts)]
         base = self.model.key(layer, 0)
         missing = [position for position, expert in enumerate(experts)
@@ -458,9 +458,9 @@ class _Replay:
             to_cpu = placement.split(layer, [(experts[p], counts[experts[p]] if counts else 1) for p in missing],
                                      self._split_view(layer, experts, missing, step, t_router))
             for position in missing:
-                tokens = counts[experts[position]] if counts else 1
-                if experts[position] in to_cpu:
-                    decided[position] = (COPY if placement.copies(tokens) else CPU, 1.0)
+                expert = experts[position]
+                if expert in to_cpu:
+                    decided[position] = (placement.cpu_action(counts[expert] if counts else 1), 1.0)
         elif handler is not None:
             for position in missing:
                 expert = experts[position]

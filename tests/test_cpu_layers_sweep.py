@@ -5,6 +5,7 @@ the CPU layers, and `moe-sim-plot` draws it (experiments/plot.py `time_vs_cpu_la
 import subprocess
 import sys
 
+import pandas as pd
 import yaml
 
 from experiments import plot, report
@@ -38,4 +39,4 @@ def test_the_shipped_sweep_is_the_documented_grid():
 
 
 def test_the_figure_is_skipped_without_static_layers_runs(tmp_path):
-    assert "static-layers" in plot.time_vs_cpu_layers(report.pd.DataFrame({"run": []}), tmp_path)
+    assert "static-layers" in plot.time_vs_cpu_layers(pd.DataFrame({"run": []}), tmp_path)

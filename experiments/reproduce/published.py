@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -202,14 +203,17 @@ def _anchors() -> list[Anchor]:
 # -- traces ---------------------------------------------------------------------------------------------------------
 
 
-def _qwen3_trace(path: Path) -> float:
-    """Write the Qwen3-30B-A3B synthetic trace whose model-level LRU(2·L·k) hit rate, reset per sequence, is moe-lrc's;
-    returns the reuse knob found (bisection: the hit rate rises with reuse)."""
+def _qwen3_trace(path: Path) -> None:
+    """Write the Qwen3-30B-A3B synthetic trace whose model-level LRU(2·L·k) hit rate, reset per sequence, is moe-lrc's
+    (bisection over the reuse knob: the hit rate rises with reuse)."""
     model = get_preset("qwen3-30b-a3b")
     slots = 2 * model.moe_layers * model.top_k
 
-    def hit_rate(reuse: float) -> float:
+    def write(reuse: float) -> None:
         write_synthetic(path, model, SynthParams(sequences=8, tokens_per_sequence=128, seed=0, reuse=reuse))
+
+    def hit_rate(reuse: float) -> float:
+        write(reuse)
         run = RunConfig(trace=TraceConfig(path=str(path)), model=ModelConfig(), hardware=HardwareConfig(profile="rtx4090_pcie4"),
                         policy={"_target_": "lru"}, cache=CacheConfig(capacity=slots, scope="global", reset_per_sequence=True),
                         replay=ReplayConfig(timed=False, progress=False))
@@ -222,9 +226,7 @@ def _qwen3_trace(path: Path) -> float:
             low = middle
         else:
             high = middle
-    reuse = round((low + high) / 2, 4)
-    hit_rate(reuse)
-    return reuse
+    write(round((low + high) / 2, 4))
 
 
 def prepare_traces(shared: Path, directory: Path, wanted: set[str]) -> tuple[dict[str, Path], dict[str, str]]:
@@ -307,18 +309,21 @@ def _row(result: _Result) -> dict:
     roofline = _in_unit(base["time_per_token_s"], anchor.unit)
     parameters = dict(anchor.parameters)
     if anchor.layer_overhead_s is not None:
-        pass  # its source is among the anchor's parameters
+        overhead_from = "measurement"  # its source is among the anchor's parameters
     elif result.overhead_from:
+        overhead_from = "other anchors"
         parameters["runtime.layer_overhead_s"] = (
             f"{result.overhead_s * 1e3:.3f} ms per layer step: the mean of what {', '.join(result.overhead_from)} imply"
             + (" (clamped at 0)" if result.overhead_s == 0.0 else ""))
     else:
+        overhead_from = "none"
         parameters["runtime.layer_overhead_s"] = "0: no other anchor of this system (the roofline alone)"
     return {
         "anchor": anchor.anchor, "source": anchor.source, "setting": anchor.setting,
         "published": anchor.published, "simulated": simulated, "unit": anchor.unit,
         "error": simulated / anchor.published - 1.0,
         "simulated_roofline": roofline, "error_roofline": roofline / anchor.published - 1.0,
+        "layer_overhead_s": result.overhead_s, "layer_overhead_from": overhead_from,
         "trace": anchor.trace_why, "parameters": parameters, "note": anchor.note,
         "hit_rate": final["hit_rate"], "stall_fraction": final["stall_fraction"], "cpu_utilisation": final["cpu_utilisation"],
     }
@@ -331,14 +336,22 @@ def summary(rows: list[dict]) -> dict:
             "within_25pct": sum(e <= 0.25 for e in errors)}
 
 
+OVERHEAD_FROM = {"measurement": "measured", "other anchors": "from its other anchor(s)", "none": "none (one anchor)"}
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| anchor | setting | published | simulated | error | roofline alone | error |",
-             "|---|---|---|---|---|---|---|"]
+    """The README's table: the source cut to its repository and file (the JSON keeps it whole)."""
+    lines = ["| anchor | source | setting | published | simulated | error | roofline alone | error | overhead per layer step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["setting"]
         setting = f"{s['gpu']}, {s['dtype']}, batch {s['batch']}, {s['cache']}"
-        lines.append(f"| {r['anchor']} | {setting} | {r['published']:g} {r['unit']} | {r['simulated']:.3g} | "
-                     f"{r['error']:+.0%} | {r['simulated_roofline']:.3g} | {r['error_roofline']:+.0%} |")
+        source = re.split(r" \(|: |, ", r["source"])[0]
+        overhead = OVERHEAD_FROM[r["layer_overhead_from"]]
+        if r["layer_overhead_s"]:
+            overhead = f"{r['layer_overhead_s'] * 1e3:.3f} ms, {overhead}"
+        lines.append(f"| {r['anchor']} | {source} | {setting} | {r['published']:g} {r['unit']} | {r['simulated']:.3g} | "
+                     f"{r['error']:+.0%} | {r['simulated_roofline']:.3g} | {r['error_roofline']:+.0%} | {overhead} |")
     return "\n".join(lines)
 
 
