@@ -141,6 +141,9 @@ class _Replay:
                                  f"(miss={_name(miss_handler)}): use miss=load")
             placement.bind(model)
         self.placement = placement
+        self.cpu_layers = frozenset(layer for layer in range(model.moe_layers)
+                                    if placement is not None and placement.on_cpu(layer))
+        """MoE layers whose experts the placement keeps on the CPU, asked once."""
         self.triage = miss_handler is not None or placement is not None
         self.prefetcher = prefetcher
         self.miss_handler = miss_handler
@@ -324,10 +327,10 @@ class _Replay:
 
     def _on_gpu(self, requests):
         """A prefetcher's requests less the experts the placement keeps on the CPU (they are never loaded)."""
-        placement = self.placement
-        if placement is None:
+        cpu_layers = self.cpu_layers
+        if not cpu_layers:
             return requests
-        return [(layer, expert) for layer, expert in requests if not placement.on_cpu(layer)]
+        return [(layer, expert) for layer, expert in requests if layer not in cpu_layers]
 
     def _fetch(self, layer, misses, handled, experts, t_router, expert_s, step=None) -> tuple[list, int, float]:
         """Bring in every expert not resident at the router, in router order (the order they go on the link):
@@ -444,7 +447,7 @@ class _Replay:
         router rank and gate weight it has in the first row that routes to it."""
         cache, handler, costs, book, placement = self.cache, self.miss_handler, self.miss_costs, self.book, self.placement
         counts = step.counts if step is not None else None
-        if placement is not None and placement.on_cpu(layer):
+        if layer in self.cpu_layers:
             return [], [(position, placement.cpu_action(counts[e] if counts else 1), e, 1.0)
                         for position, e in enumerate(experts)]
         base = self.model.key(layer, 0)
