@@ -26,6 +26,7 @@ def next_use_positions(keys: np.ndarray) -> np.ndarray:
 
 class BeladyCache(CachePolicy):
     name = "belady"
+    compiled = "policies.compiled.belady:CompiledBelady"
     offline = True
 
     def __init__(self, capacity: int):

@@ -8,6 +8,7 @@ from policies.lru import LRUCache
 
 class FIFOCache(LRUCache):
     name = "fifo"
+    compiled = "policies.compiled.recency:CompiledFIFO"
 
     def hit(self, key):
         pass

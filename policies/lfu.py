@@ -11,6 +11,7 @@ from simulator.cache_policy import CachePolicy
 
 class LFUCache(CachePolicy):
     name = "lfu"
+    compiled = "policies.compiled.lfu:CompiledLFU"
 
     def __init__(self, capacity: int):
         super().__init__(capacity)

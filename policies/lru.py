@@ -7,6 +7,7 @@ from simulator.cache_policy import CachePolicy
 
 class LRUCache(CachePolicy):
     name = "lru"
+    compiled = "policies.compiled.recency:CompiledLRU"
 
     def __init__(self, capacity: int):
         super().__init__(capacity)

@@ -14,6 +14,7 @@ from simulator.cache_policy import CachePolicy
 
 class StaticCache(CachePolicy):
     name = "static"
+    compiled = "policies.compiled.recency:CompiledStatic"
     offline = True
 
     def __init__(self, capacity: int, preload: bool = False):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from simulator.cache_policy import CachePolicy
+from simulator.compiled_policy import CompiledPolicy, compiled_twin
 from simulator.errors import InputError
 from simulator.model import MoEModel
 
@@ -56,6 +57,9 @@ class ExpertCache:
         """When set (a prefetching replay), `evicted` collects model-wide keys (`MoEModel.key`) evicted since the
         caller last cleared it."""
         self.evicted: list[int] = []
+        self.twin: CompiledPolicy | None = None
+        """The compiled twin holding this cache's state once a replay handed it over (`compiled()`)."""
+        self._judged = False  # whether `access` has judged a step through the Python policies
         self._empty()
 
     def _empty(self) -> None:
@@ -109,6 +113,24 @@ class ExpertCache:
                 lo, hi = np.searchsorted(seqs, [sequence, sequence + 1])
                 policy.prepare(keys[lo:hi], self.model.top_k)
 
+    def compiled(self) -> CompiledPolicy | None:
+        """The policies' compiled twin, which holds the cache's state from now on; None if the policy class has
+        none, or if the cache resets per sequence or has already judged steps through its Python policies (their
+        state cannot move into the twin)."""
+        if self.twin is None:
+            twin_class = compiled_twin(self.policies[0])
+            if twin_class is None or self.reset_per_sequence or self._judged:
+                return None
+            if self.offline and self._futures is None:
+                raise RuntimeError("offline policy used before ExpertCache.prepare()")
+            keyspace = self.model.experts_per_layer if self.scope == "layer" else self.model.total_experts
+            futures = [keys for keys, _ in self._futures] if self.offline else None
+            layers = range(self.model.moe_layers)
+            instance = np.array(layers if self.scope == "layer" else [0] * len(layers), dtype=np.int64)
+            self.twin = twin_class(self._instances(), keyspace, futures, self.model.top_k, instance,
+                                   np.array(self.offsets, dtype=np.int64))
+        return self.twin
+
     def _instances(self) -> list[CachePolicy]:
         return self.policies if self.scope == "layer" else self.policies[:1]
 
@@ -125,6 +147,9 @@ class ExpertCache:
         experts are computed resident ones first, then the misses in order, and an admission may evict any expert
         of the step computed before it (a resident one, or an earlier miss), never one still to be computed.
         """
+        if self.twin is not None:
+            raise RuntimeError("this cache's state is in its compiled twin (a compiled replay ran): use a fresh cache")
+        self._judged = True
         policy = self.policies[layer]
         offset = self.offsets[layer]
         keys = [offset + e for e in experts] if offset else experts

@@ -13,7 +13,9 @@ Optional hooks, each declared here with a default that does nothing, so a policy
   - offline policies (`offline = True`) get the whole key stream they will see, once, through `prepare`;
   - `uses_gate_weights = True`: the replay calls `observe_gate(key, weight)` for each routed expert before the step;
   - `uses_prefetch_candidates = True`: the replay calls `observe_prefetch_candidates(keys)` with the prefetcher's
-    latest request, the keys it will load soon (MoE-Infinity protects them from eviction).
+    latest request, the keys it will load soon (MoE-Infinity protects them from eviction);
+  - `compiled = "module:Class"` names a compiled twin (simulator.compiled_policy) that decides exactly as this class
+    does, which a hit-rate-only replay uses instead of the hooks.
 The interface lives on the ground floor (simulator/), so the engine needs no plug-in package; `policies.base`
 re-exports it for plug-in authors.
 """
@@ -35,6 +37,8 @@ class CachePolicy(ABC):
     """True if the policy reads the router's gate weights through `observe_gate` (the trace must carry them)."""
     uses_prefetch_candidates: ClassVar[bool] = False
     """True if the policy reads the prefetcher's requests through `observe_prefetch_candidates`."""
+    compiled: ClassVar[str] = ""
+    """"module:Class" of this exact class's compiled twin (simulator.compiled_policy), or "" for none."""
 
     resident: Container[int]
     """The keys on the GPU now; the replay tests membership with `key in policy.resident`."""

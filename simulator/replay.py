@@ -34,9 +34,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import simpy
 
 from simulator.cache import ExpertCache
+from simulator.compiled_policy import CompiledPolicy
 from simulator.compute import BatchCosts, MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
@@ -78,6 +80,7 @@ def replay(
     timeline: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
     placement: Placement | None = None,
+    compiled: bool = True,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
@@ -88,12 +91,22 @@ def replay(
     GPU (default: every expert in DRAM, one host-to-device link from `timing`); its links carry the replay's clock.
     `timeline` = (first, last) token indices (0-based, over the whole replay) records what the GPU and the links
     did for those tokens into `Metrics.timeline` (timed replays only).
+
+    A hit-rate-only replay of a plain cache (no prefetcher, miss handler or placement, no NVMe tier, not MoLE) whose
+    policy has a compiled twin (simulator.compiled_policy) is judged by the twin, chunk by chunk, with the same
+    figures; `compiled=False` keeps it on the Python policies.
     """
     if prefetcher is not None and cache.offline:
         raise InputError(f"prefetch={_name(prefetcher)}: policy={_name(cache.policies[0])} is offline (its future is the "
                          "demand stream) and takes no prefetched experts; replay it without a prefetcher as the bound "
                          "of a demand-only sweep")
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
+    plain = (timing is None and prefetcher is None and miss_handler is None and placement is None
+             and not run.memory.on_nvme and not run.lookup and not cache.uses_gate_weights)
+    twin = cache.compiled() if compiled and plain else None
+    if twin is not None:
+        run.judge_compiled(chunks, twin, progress)
+        return run.finish()
     tokens = group_tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -519,6 +532,49 @@ class _Replay:
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
         else:
             raise ValueError(f"miss handler returned unknown action {action!r}")
+
+    # -- the compiled path --------------------------------------------------------------------------------------
+
+    def judge_compiled(self, chunks: Iterable[TraceChunk], twin: CompiledPolicy,
+                       progress: Callable[[int], None] | None) -> None:
+        """The hit-rate-only replay of a plain cache, one chunk at a time through the policy's compiled twin: the
+        same counts as `steps` (one layer step per row, its recorded experts in router order)."""
+        metrics, model = self.metrics, self.model
+        layers = model.moe_layers
+        accesses = np.zeros(layers, dtype=np.int64)
+        hits = np.zeros(layers, dtype=np.int64)
+        last = None  # (sequence, token) of the previous chunk's last row
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            layer, experts = chunk.layer, chunk.experts
+            hit = np.zeros(experts.shape, dtype=np.bool_)
+            if twin.judge(layer, experts, hit) >= 0:
+                raise RuntimeError("every evictable resident expert is protected")
+            accesses += np.bincount(layer, weights=(experts >= 0).sum(axis=1), minlength=layers).astype(np.int64)
+            hits += np.bincount(layer, weights=hit.sum(axis=1), minlength=layers).astype(np.int64)
+            sequence, token = chunk.sequence, chunk.token
+            new_token = np.ones(len(layer), dtype=np.bool_)
+            new_sequence = np.ones(len(layer), dtype=np.bool_)
+            new_token[1:] = (sequence[1:] != sequence[:-1]) | (token[1:] != token[:-1])
+            new_sequence[1:] = sequence[1:] != sequence[:-1]
+            if last is not None:
+                new_token[0] = (sequence[0], token[0]) != last
+                new_sequence[0] = sequence[0] != last[0]
+            last = (sequence[-1], token[-1])
+            metrics.tokens += int(new_token.sum())
+            metrics.sequences += int(new_sequence.sum())
+            metrics.layer_steps += len(layer)
+            if progress is not None:
+                progress(len(chunk))
+        per_layer = self.metrics.per_layer
+        misses = accesses - hits
+        per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
+        per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]
+        per_layer.bytes_h2d = [a + int(m) * self.expert_bytes for a, m in zip(per_layer.bytes_h2d, misses)]
+        metrics.expert_lookups += int(accesses.sum())
+        metrics.expert_hits += int(hits.sum())
+        metrics.expert_loads += int(misses.sum())
 
     # -- results -------------------------------------------------------------------------------------------------
 

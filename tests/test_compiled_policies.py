@@ -1,0 +1,133 @@
+"""The compiled twins (policies/compiled/) decide exactly as the Python policy classes they stand for.
+
+Each shipped policy that declares a twin is replayed hit-rate only twice, through the twin and through its Python
+hooks (`replay(..., compiled=False)`), on the shipped trace, the shared real traces (where ../shared is present) and
+hypothesis' random traces, in both scopes and at several capacities; every counter must be equal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policies.registry import POLICIES, policy_class
+from simulator.cache import ExpertCache
+from simulator.compiled_policy import compiled_twin
+from simulator.model import MoEModel
+from simulator.replay import replay
+from traces.format import TraceChunk, TraceFile
+
+DEFAULT_TRACE = Path(__file__).parents[1] / "traces" / "data" / "default.parquet"
+TWINNED = sorted(name for name in POLICIES if policy_class(name).__dict__.get("compiled"))
+
+
+def both(trace: TraceChunk, model: MoEModel, name: str, capacity: int, scope: str, rows: int = 1 << 12):
+    """(twin's metrics, Python's metrics) of one hit-rate-only replay, the trace cut into chunks of `rows`."""
+    out = []
+    for compiled in (True, False):
+        cache = ExpertCache(lambda c: policy_class(name)(c), capacity, scope, model)
+        if cache.offline:
+            cache.prepare(trace.sequence, trace.layer, trace.experts)
+        chunks = [TraceChunk(trace.sequence[i:i + rows], trace.token[i:i + rows], trace.layer[i:i + rows],
+                             trace.experts[i:i + rows]) for i in range(0, len(trace), rows)]
+        metrics = replay(chunks, cache, None, compiled=compiled)
+        assert (cache.twin is not None) == compiled
+        out.append(metrics)
+    return out
+
+
+def assert_same(twin, python):
+    assert twin.summary() == python.summary()
+    assert twin.per_layer == python.per_layer
+
+
+def test_every_listed_policy_has_a_twin():
+    assert set(TWINNED) >= {"lru", "fifo", "lfu", "belady", "static"}
+    for name in TWINNED:
+        assert compiled_twin(policy_class(name)(4)) is not None
+
+
+def test_a_subclass_inherits_no_twin():
+    class MyLRU(policy_class("lru")):
+        def hit(self, key):
+            pass
+
+    assert compiled_twin(MyLRU(4)) is None
+
+
+def load(path: Path, rows: int) -> tuple[TraceChunk, MoEModel]:
+    trace = TraceFile(path)
+    chunk = next(trace.chunks(batch_rows=rows))
+    return chunk, trace.meta.model
+
+
+@pytest.mark.parametrize("name", TWINNED)
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_twin_equals_python_on_the_shipped_trace(name, scope):
+    trace, model = load(DEFAULT_TRACE, 30_000)
+    per_layer = [model.top_k, 16, model.experts_per_layer - 3]
+    for capacity in (per_layer if scope == "layer" else [c * model.moe_layers // 2 for c in per_layer]):
+        assert_same(*both(trace, model, name, max(capacity, model.top_k), scope))
+
+
+@pytest.fixture(scope="module")
+def real_traces(shared_traces, tmp_path_factory):
+    from traces.importers import moe_beyond, vllm_jsonl
+
+    out = tmp_path_factory.mktemp("real")
+    moe_beyond.import_files([shared_traces / "deepseek_v2_lite_moebeyond_prompt_1351_data.csv"], out / "ds.parquet")
+    vllm_jsonl.import_files([shared_traces / "mixtral_8x7b_fp8_speculative_moe_routing_raw.jsonl"], out / "mx.parquet")
+    return [load(out / "ds.parquet", 20_000), load(out / "mx.parquet", 20_000)]
+
+
+@pytest.mark.parametrize("name", TWINNED)
+def test_twin_equals_python_on_real_traces(name, real_traces):
+    for trace, model in real_traces:
+        for scope, capacity in (("layer", model.top_k + 1), ("layer", model.experts_per_layer // 2),
+                                ("global", model.total_experts // 3)):
+            assert_same(*both(trace, model, name, capacity, scope))
+
+
+@st.composite
+def cases(draw):
+    layers = draw(st.integers(1, 4))
+    experts = draw(st.integers(2, 12))
+    top_k = draw(st.integers(1, min(4, experts)))
+    model = MoEModel("random", layers, experts, top_k, 0, 2, 2, 2.0, 0)
+    tokens = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    rows = tokens * layers
+    skew = rng.random(experts) ** 3 + 1e-3
+    routed = np.array([rng.choice(experts, top_k, replace=False, p=skew / skew.sum()) for _ in range(rows)],
+                      dtype=np.int16)
+    routed[rng.random(routed.shape) < draw(st.sampled_from([0.0, 0.2]))] = -1  # unrecorded experts
+    sequence = np.sort(rng.integers(0, 3, tokens)).astype(np.int32).repeat(layers)
+    trace = TraceChunk(sequence, np.arange(tokens, dtype=np.int32).repeat(layers),
+                       np.tile(np.arange(layers, dtype=np.int16), tokens), routed)
+    scope = draw(st.sampled_from(["layer", "global"]))
+    limit = experts if scope == "layer" else experts * layers
+    return trace, model, scope, draw(st.integers(top_k, limit)), draw(st.integers(1, 9))
+
+
+@pytest.mark.parametrize("name", TWINNED)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_twin_equals_python_on_random_traces(name, case):
+    trace, model, scope, capacity, rows = case
+    assert_same(*both(trace, model, name, capacity, scope, rows))
+
+
+def test_a_cache_judged_by_its_twin_refuses_python_steps():
+    model = MoEModel("m", 1, 4, 1, 0, 2, 2, 2.0, 0)
+    trace = TraceChunk(np.zeros(3, np.int32), np.arange(3, dtype=np.int32), np.zeros(3, np.int16),
+                       np.array([[0], [1], [0]], np.int16))
+    cache = ExpertCache(lambda c: policy_class("lru")(c), 2, "layer", model)
+    assert replay([trace], cache, None).hits == 1
+    assert replay([trace], cache, None).hits == 3  # the twin carries the state on
+    with pytest.raises(RuntimeError, match="compiled twin"):
+        cache.access(0, [2])
