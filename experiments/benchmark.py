@@ -107,11 +107,12 @@ def chunks(trace: TraceChunk) -> Iterator[TraceChunk]:
         yield TraceChunk(trace.sequence[lo:hi], trace.token[lo:hi], trace.layer[lo:hi], trace.experts[lo:hi])
 
 
-def run_replay(trace: TraceChunk, scope: str, timed: bool) -> Metrics:
-    """Our replay with LRU: per-layer at LAYER_CAPACITY or global at GLOBAL_CAPACITY slots."""
+def run_replay(trace: TraceChunk, scope: str, timed: bool, compiled: bool = True) -> Metrics:
+    """Our replay with LRU: per-layer at LAYER_CAPACITY or global at GLOBAL_CAPACITY slots; through LRU's compiled
+    twin, or through the Python class (`compiled=False`)."""
     capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
     cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
-    return replay(chunks(trace), cache, TIMING if timed else None)
+    return replay(chunks(trace), cache, TIMING if timed else None, compiled=compiled)
 
 
 PLACEMENTS = {"static-layers 8": lambda: StaticLayers(cpu_layers=8), "cpu-experts": CPUExperts,
@@ -228,6 +229,53 @@ def run_libcachesim_lru(path: str, capacity: int = GLOBAL_CAPACITY) -> tuple[int
     return requests, round(requests * (1.0 - miss_ratio))
 
 
+LARGE_PIECE_ACCESSES = 10_000_000
+"""The large-trace check writes one synthetic piece of this many accesses again and again (sequence ids moved on)."""
+
+STREAMED_REPLAY = r"""
+import json, resource, sys, time
+from policies.registry import policy_class
+from simulator.cache import ExpertCache
+from simulator.replay import replay
+from traces.format import TraceFile
+trace = TraceFile(sys.argv[1])
+cache = ExpertCache(policy_class("lru"), int(sys.argv[2]), sys.argv[3], trace.meta.model)
+start = time.perf_counter()
+metrics = replay(trace.chunks(batch_rows=1 << 16), cache, None)
+wall = time.perf_counter() - start
+print(json.dumps({"accesses": metrics.accesses, "hits": metrics.hits, "wall_s": wall,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_large_trace(path: str, accesses: int, seed: int) -> int:
+    """A Parquet trace of at least `accesses` accesses for the streamed replay; returns its accesses."""
+    from traces.format import TraceMeta, TraceWriter
+
+    piece = synthetic_trace(min(accesses, LARGE_PIECE_ACCESSES), seed)
+    sequences = int(piece.sequence[-1]) + 1
+    written = 0
+    meta = TraceMeta(MODEL, list(range(MODEL.moe_layers)), {"source": "experiments.benchmark synthetic, repeated"})
+    with TraceWriter(path, meta) as writer:
+        repeat = 0
+        while written < accesses:
+            writer.write(TraceChunk(piece.sequence + repeat * sequences, piece.token, piece.layer, piece.experts))
+            written += piece.experts.size
+            repeat += 1
+    return written
+
+
+def run_streamed(path: str, scope: str) -> dict:
+    """The hit-rate-only replay of a trace file in a fresh process, chunk by chunk: its wall time and peak RSS."""
+    import subprocess
+    import sys
+
+    capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
+    done = subprocess.run([sys.executable, "-c", STREAMED_REPLAY, path, str(capacity), scope],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
 @dataclass
 class Row:
     case: str
@@ -263,20 +311,37 @@ def hits_of(result: Metrics | NaiveResult) -> int:
     return result.hits
 
 
-def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=print) -> dict:
+def run_sweep(tmp: str) -> float:
+    """Wall time of the README's 126-job hit-rate-only capacity sweep, as a user runs it (a fresh process)."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from experiments.app import main; main()", "-m", "+sweep=capacity_vs_policy",
+                    "replay.timed=false", f"hydra.sweep.dir={tmp}/sweep"], capture_output=True, text=True, check=True)
+    return time.perf_counter() - start
+
+
+def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=print, large_accesses: int = 0,
+              sweep: bool = False) -> dict:
     """Run every case on one trace; returns rows, the like-for-like checks and the setting, for the table and JSON."""
     trace = synthetic_trace(accesses, seed)
     n = int((trace.experts >= 0).sum())
     log(f"trace: {n:,} accesses ({len(trace):,} layer steps, {MODEL.name} shape, Zipf 1.0 per layer, seed {seed})")
     rows, checks, replay_hits = [], {}, {}
+    run_replay(head(trace, 10_000), "layer", True)  # numba loads (or, on a fresh machine, compiles) the loops once
     for scope in ("layer", "global"):
         capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
         for timed in (True, False):
-            name = f"replay {'timed' if timed else 'hit-rate only'}, {scope} LRU {capacity}"
-            row, metrics = measure(name, functools.partial(run_replay, trace, scope, timed), n, hits_of, runs)
-            rows.append(row)
-            log(f"  {name}: {row.wall_s:.2f} s")
-            replay_hits[scope, timed] = metrics.hits
+            for compiled in (True, False):
+                name = f"replay {'timed' if timed else 'hit-rate only'}, {scope} LRU {capacity}, {'compiled' if compiled else 'python'}"
+                run = functools.partial(run_replay, trace, scope, timed, compiled)
+                row, metrics = measure(name, run, n, hits_of, runs)
+                rows.append(row)
+                log(f"  {name}: {row.wall_s:.2f} s")
+                if (scope, timed) in replay_hits and replay_hits[scope, timed] != metrics.hits:
+                    raise AssertionError(f"{name}: the compiled and Python replays disagree")
+                replay_hits[scope, timed] = metrics.hits
 
     for placement in PLACEMENTS:
         name = f"replay timed, layer LRU {LAYER_CAPACITY}, placement {placement}"
@@ -343,6 +408,24 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
             "libcachesim_hit_rate": hits / requests,
             "replay_global_hit_rate": replay_hits["global", False] / n,
         }
+    if large_accesses:
+        with tempfile.TemporaryDirectory() as tmp:
+            checks["streamed"] = []
+            for size in sorted({min(large_accesses, LARGE_PIECE_ACCESSES), large_accesses}):
+                path = os.path.join(tmp, f"large_{size}.parquet")
+                written = write_large_trace(path, size, seed)
+                for scope in ("layer", "global"):
+                    result = run_streamed(path, scope)
+                    checks["streamed"].append({"scope": scope, **result})
+                    name = f"streamed from Parquet, hit-rate only, {scope} LRU"
+                    rows.append(Row(name, result["accesses"], 1, result["wall_s"], result["accesses"] / result["wall_s"],
+                                    math.nan, result["hits"] / result["accesses"],
+                                    f"fresh process, peak RSS {result['peak_rss_mib']:.0f} MiB"))
+                    log(f"  {name}, {written:,} accesses: {result['wall_s']:.2f} s, RSS {result['peak_rss_mib']:.0f} MiB")
+    if sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            checks["sweep_126_jobs_s"] = run_sweep(tmp)
+        log(f"  126-job capacity sweep: {checks['sweep_126_jobs_s']:.1f} s")
     return {
         "rows": [asdict(r) for r in rows],
         "checks": checks,
@@ -415,9 +498,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive-accesses", type=int, default=100_000, help="prefix the naive SimPy model runs on")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per fast case; the best is reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large-accesses", type=int, default=100_000_000,
+                        help="accesses of the trace file replayed streamed in a fresh process, for its peak RSS "
+                             "(also one of up to 10M, for the slope; 0: skip)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip timing the 126-job capacity sweep")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = parser.parse_args(argv)
-    result = benchmark(args.accesses, args.naive_accesses, args.repeats, args.seed)
+    result = benchmark(args.accesses, args.naive_accesses, args.repeats, args.seed,
+                       large_accesses=args.large_accesses, sweep=not args.no_sweep)
     print()
     print(format_report(result))
     if args.json:

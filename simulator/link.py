@@ -170,6 +170,21 @@ class Link:
             self.log.append(TimelineEvent(self.name, takeover, end, key, "demand"))
         return end
 
+    def calendar(self) -> tuple[list[float], float]:
+        """(when each copy engine frees, when the wire frees): the state a compiled timing loop starts from."""
+        return list(self._engine_free), self._wire_free
+
+    def book_demands(self, engine_free: list[float], wire_free: float, transfers: int, nbytes: int,
+                     busy_s: float) -> None:
+        """Take over what a compiled timing loop booked (simulator.compiled_timing): the calendar it left, and
+        `transfers` demand fetches of `nbytes` in all that kept the wire busy `busy_s` (added in booking order to
+        the busy time the link had when the loop started)."""
+        self._engine_free = list(engine_free)
+        self._wire_free = wire_free
+        self.transfers += transfers
+        self.bytes_demand += nbytes
+        self.busy_demand_s = busy_s
+
     def prefetch(self, ready_s: float, key: int, nbytes: int) -> Transfer:
         """Queue a prefetch behind earlier prefetches; it starts once no demand is ahead of it."""
         transfer = Transfer(key, nbytes, ready_s, prefetch=True, link=self)

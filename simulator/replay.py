@@ -39,6 +39,7 @@ import simpy
 
 from simulator.cache import ExpertCache
 from simulator.compiled_policy import CompiledPolicy
+from simulator.compiled_timing import StepTimer
 from simulator.compute import BatchCosts, MissCosts, StepCosts
 from simulator.errors import InputError
 from simulator.hardware import LinkSpec
@@ -92,17 +93,21 @@ def replay(
     `timeline` = (first, last) token indices (0-based, over the whole replay) records what the GPU and the links
     did for those tokens into `Metrics.timeline` (timed replays only).
 
-    A hit-rate-only replay of a plain cache (no prefetcher, miss handler or placement, no NVMe tier, not MoLE) whose
-    policy has a compiled twin (simulator.compiled_policy) is judged by the twin, chunk by chunk, with the same
-    figures; `compiled=False` keeps it on the Python policies.
+    A replay of a plain cache (no prefetcher, miss handler or placement, no NVMe tier, not MoLE; timed: one serial
+    link and no timeline) whose policy has a compiled twin (simulator.compiled_policy) is judged by the twin, chunk
+    by chunk, and timed by a compiled loop (simulator.compiled_timing), with the same figures; `compiled=False`
+    keeps it on the Python policies and the SimPy clock.
     """
     if prefetcher is not None and cache.offline:
         raise InputError(f"prefetch={_name(prefetcher)}: policy={_name(cache.policies[0])} is offline (its future is the "
                          "demand stream) and takes no prefetched experts; replay it without a prefetcher as the bound "
                          "of a demand-only sweep")
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
-    plain = (timing is None and prefetcher is None and miss_handler is None and placement is None
-             and not run.memory.on_nvme and not run.lookup and not cache.uses_gate_weights)
+    plain = (prefetcher is None and miss_handler is None and placement is None and not run.memory.on_nvme
+             and not run.lookup and not cache.uses_gate_weights)
+    if timing is not None:  # the compiled clock knows demand fetches on one serial link, and records no timeline
+        h2d = run.memory.h2d
+        plain = plain and timeline is None and h2d is not None and h2d.spec.sharing == "serial"
     twin = cache.compiled() if compiled and plain else None
     if twin is not None:
         run.judge_compiled(chunks, twin, progress)
@@ -537,9 +542,13 @@ class _Replay:
 
     def judge_compiled(self, chunks: Iterable[TraceChunk], twin: CompiledPolicy,
                        progress: Callable[[int], None] | None) -> None:
-        """The hit-rate-only replay of a plain cache, one chunk at a time through the policy's compiled twin: the
-        same counts as `steps` (one layer step per row, its recorded experts in router order)."""
-        metrics, model = self.metrics, self.model
+        """The replay of a plain cache, one chunk at a time through the policy's compiled twin (and the compiled
+        clock, if timed): the same figures as `steps` (one layer step per row, its recorded experts in router
+        order)."""
+        metrics, model, timing = self.metrics, self.model, self.timing
+        timer = None
+        if timing is not None:
+            timer = StepTimer(self.memory.h2d, self.now, metrics.compute_time_s, metrics.stall_time_s, model.moe_layers)
         layers = model.moe_layers
         accesses = np.zeros(layers, dtype=np.int64)
         hits = np.zeros(layers, dtype=np.int64)
@@ -551,6 +560,9 @@ class _Replay:
             hit = np.zeros(experts.shape, dtype=np.bool_)
             if twin.judge(layer, experts, hit) >= 0:
                 raise RuntimeError("every evictable resident expert is protected")
+            if timer is not None:
+                timer.time(layer, experts, hit, timing.costs.non_expert_s, timing.costs.expert_s, self.expert_bytes,
+                           self.memory.h2d.spec.issue_s)
             accesses += np.bincount(layer, weights=(experts >= 0).sum(axis=1), minlength=layers).astype(np.int64)
             hits += np.bincount(layer, weights=hit.sum(axis=1), minlength=layers).astype(np.int64)
             sequence, token = chunk.sequence, chunk.token
@@ -568,6 +580,9 @@ class _Replay:
             if progress is not None:
                 progress(len(chunk))
         per_layer = self.metrics.per_layer
+        if timer is not None:
+            self.now, metrics.compute_time_s, metrics.stall_time_s, stalls = timer.finish()
+            per_layer.stall_s = [a + b for a, b in zip(per_layer.stall_s, stalls)]
         misses = accesses - hits
         per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
         per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]
