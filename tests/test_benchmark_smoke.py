@@ -80,3 +80,15 @@ def test_main_prints_table_and_writes_json(tmp_path, capsys):
     assert result["checks"]["naive_vs_replay"]["hits_equal"]
     assert result["checks"]["naive_vs_replay"]["time_equal"]
     assert len(result["rows"]) >= 5
+
+
+def test_streamed_replay_of_a_trace_file(tmp_path):
+    """The large-trace check replays the file it wrote, all of it, with the in-memory replay's hits."""
+    path = str(tmp_path / "large.parquet")
+    written = bm.write_large_trace(path, 20_000, seed=2)
+    piece = bm.synthetic_trace(20_000, seed=2)
+    for scope in ("layer", "global"):
+        result = bm.run_streamed(path, scope)
+        assert result["accesses"] == written == piece.experts.size
+        assert result["hits"] == bm.run_replay(piece, scope, timed=False).hits
+        assert result["peak_rss_mib"] > 0
