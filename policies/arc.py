@@ -19,6 +19,7 @@ from simulator.cache_policy import CachePolicy
 
 class ARCCache(CachePolicy):
     name = "arc"
+    compiled = "policies.compiled.arc:CompiledARC"
 
     def __init__(self, capacity: int):
         super().__init__(capacity)

@@ -23,6 +23,7 @@ from simulator.cache_policy import CachePolicy
 
 class LIRSCache(CachePolicy):
     name = "lirs"
+    compiled = "policies.compiled.lirs:CompiledLIRS"
 
     def __init__(self, capacity: int, hir_ratio: float = 0.01):
         super().__init__(capacity)

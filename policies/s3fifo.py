@@ -27,6 +27,7 @@ MAX_USES = 3  # a 2-bit counter
 
 class S3FIFOCache(CachePolicy):
     name = "s3fifo"
+    compiled = "policies.compiled.s3fifo:CompiledS3FIFO"
 
     def __init__(self, capacity: int, small_ratio: float = 0.1, move_to_main_threshold: int = 2,
                  ghost_size: int | None = None):

@@ -16,6 +16,7 @@ from simulator.cache_policy import CachePolicy
 
 class SIEVECache(CachePolicy):
     name = "sieve"
+    compiled = "policies.compiled.sieve:CompiledSIEVE"
 
     def __init__(self, capacity: int):
         super().__init__(capacity)

@@ -1,4 +1,5 @@
-"""Doubly linked lists over a key space, one per policy instance, in arrays numba can compile.
+"""Doubly linked lists over a key space, one per policy instance (or several disjoint ones, tagged), in arrays numba
+can compile.
 
 List i of `nxt`/`prev` ([instances, keyspace + 1]) is circular through its sentinel, index `keyspace`: nxt[i, S] is
 the oldest key, prev[i, S] the newest. This is the array form of the `OrderedDict` the Python classes keep in use
@@ -52,3 +53,52 @@ def first_unprotected(nxt, i, step):
     while key != sentinel and in_step(step, key):
         key = nxt[i, key]
     return key
+
+
+# -- several disjoint lists in one pair of link arrays, a tag per key saying which holds it (ARC, S3-FIFO) --------
+
+NOWHERE = -1
+
+
+def tagged_lists(lists: int, instances: int, keyspace: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`lists` disjoint empty lists per instance, in one pair of link arrays: nxt and prev ([instances, keyspace +
+    lists]) as in lists.py, list l circular through its own sentinel, index keyspace + l; the list holding each key
+    ([instances, keyspace], NOWHERE = none) and each list's length ([instances, lists])."""
+    links = np.concatenate([np.zeros(keyspace, dtype=np.int64), keyspace + np.arange(lists, dtype=np.int64)])
+    nxt = np.tile(links, (instances, 1))
+    where = np.full((instances, keyspace), NOWHERE, dtype=np.int64)
+    return nxt, nxt.copy(), where, np.zeros((instances, lists), dtype=np.int64)
+
+
+@numba.njit(cache=True, inline="always")
+def move(nxt, prev, where, length, i, key, to):
+    """Take `key` out of the list holding it (if any) and append it to list `to` (NOWHERE: to none)."""
+    held = where[i, key]
+    if held != NOWHERE:
+        unlink(nxt, prev, i, key)
+        length[i, held] -= 1
+    if to != NOWHERE:
+        sentinel = where.shape[1] + to
+        last = prev[i, sentinel]
+        nxt[i, last] = key
+        prev[i, key] = last
+        nxt[i, key] = sentinel
+        prev[i, sentinel] = key
+        length[i, to] += 1
+    where[i, key] = to
+
+
+@numba.njit(cache=True, inline="always")
+def oldest(nxt, where, i, lst):
+    """The oldest key of list `lst` (it must not be empty)."""
+    return nxt[i, where.shape[1] + lst]
+
+
+@numba.njit(cache=True, inline="always")
+def oldest_unprotected(nxt, where, i, lst, step):
+    """The oldest key of list `lst` that is not in `step`; -1 if there is none."""
+    sentinel = where.shape[1] + lst
+    key = nxt[i, sentinel]
+    while key != sentinel and in_step(step, key):
+        key = nxt[i, key]
+    return key if key != sentinel else -1
