@@ -25,7 +25,7 @@ from experiments.config import RunConfig
 from experiments.overrides import rewrite_args
 from experiments.results import METRICS_FILE, write_run
 from experiments.run import memory_warning, simulate
-from experiments.sweep import discard_results, input_digests, is_complete, register_resolver
+from experiments.sweep import check_one_job_per_shape, discard_results, input_digests, is_complete, register_resolver
 from hardware_profiles.schema import list_profiles
 from policies.miss_handling import MISS_HANDLERS
 from policies.placements import PLACEMENTS
@@ -132,6 +132,7 @@ def main() -> None:
         sys.exit(2)
     # An interrupted parallel sweep leaves the launcher's semaphores to its resource tracker, which would warn.
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+    check_one_job_per_shape()
     try:
         _run()
     except KeyboardInterrupt:

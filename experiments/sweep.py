@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from experiments.config import DEFAULT_TRACE
@@ -68,6 +69,34 @@ def job_dirname(overrides: Iterable[str]) -> str:
 def register_resolver() -> None:
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, lambda overrides: job_dirname(overrides))
+
+
+def _shape(override: str) -> str:
+    """What of an override decides whether the job composes: all of it, but only the key of a plain dotted key (a
+    value of `cache.capacity` is set, never looked at, since our groups hold untyped nodes; Hydra's own `hydra.*`
+    nodes are typed, and `~key=value` checks the value)."""
+    key, _, _ = override.partition("=")
+    plain = "." in key and not key.startswith(("~", "hydra.")) and not any(c in key for c in "/@")
+    return key if plain else override
+
+
+_compose_every_job = Sweeper.validate_batch_is_legal
+
+
+def _compose_one_job_per_shape(self: Sweeper, batch) -> None:
+    shapes = {}
+    for overrides in batch:
+        shapes.setdefault(tuple(map(_shape, overrides)), overrides)
+    _compose_every_job(self, list(shapes.values()))
+
+
+def check_one_job_per_shape() -> None:
+    """Hydra's sweepers compose every job's config in the main process before launching any, to fail early, and the
+    launcher composes it again for the job: for a sweep of short jobs that serial first pass was a third of the wall
+    time (126 jobs × 80 ms). Jobs whose overrides differ only in values of plain dotted keys compose alike, so the
+    early check composes the first job of each shape. (On the base class: Hydra's plugin scan re-executes the module
+    of `BasicSweeper`, replacing the class.)"""
+    Sweeper.validate_batch_is_legal = _compose_one_job_per_shape
 
 
 def _comparable(config: dict) -> dict:

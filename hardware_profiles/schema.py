@@ -8,6 +8,7 @@ Every number must say where it came from: a section carries `source` (one citati
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -188,6 +189,17 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         InputError: one line naming the file, the field and the value; for an unknown name, the known names.
     """
     path, shown = profile_path(name_or_path)
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None  # _read_yaml says why, in one line
+    return _load(path, shown, stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _load(path: Path, shown: str, stamp: tuple | None) -> HardwareProfile:
+    """`load_profile` of one version of a file (`stamp`): a sweep's jobs in one process parse and validate it once
+    (a profile is frozen)."""
     data = _read_yaml(path, shown)
     if not isinstance(data, dict):
         raise InputError(f"{shown}: expected a mapping of profile fields at the top level, got {type(data).__name__}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +40,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"moe_offload_sim"
 PREDICTION_PREFIX = "pred_"
 REQUIRED_COLUMNS = ("sequence", "token", "layer", "experts")
+
+_ONE_BATCH: dict[tuple, list[TraceChunk]] = {}
+"""The last trace read that fits one batch, by file identity and columns: a sweep's next job in the same process
+replays it without reading and checking it again (a bigger trace streams, so memory stays bounded)."""
 
 
 class _ModelFields(BaseModel):
@@ -279,6 +283,23 @@ class TraceFile:
         wanted = (("weights", weights or extras, self.has_weights), ("token_id", token_ids or extras, self.has_token_id),
                   ("phase", extras, self.has_phase))
         columns += [c for c, asked, present in wanted if asked and present]
+        if self.num_rows > batch_rows:
+            yield from self._read(batch_rows, columns, predictions)
+            return
+        stat = self.path.stat()
+        key = (self.path.resolve(), stat.st_ino, stat.st_mtime_ns, stat.st_size, tuple(columns))
+        if key not in _ONE_BATCH:
+            chunks = list(self._read(batch_rows, columns, predictions))
+            for chunk in chunks:  # shared by the jobs to come: none may change another's input
+                for array in (chunk.sequence, chunk.token, chunk.layer, chunk.experts, chunk.weights, chunk.token_id,
+                              chunk.phase):
+                    if array is not None:
+                        array.setflags(write=False)
+            _ONE_BATCH.clear()
+            _ONE_BATCH[key] = chunks
+        yield from map(replace, _ONE_BATCH[key])
+
+    def _read(self, batch_rows: int, columns: list[str], predictions) -> Iterator[TraceChunk]:
         last = None
         row = 0
         try:
