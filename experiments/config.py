@@ -89,6 +89,8 @@ class ReplayConfig(_Strict):
     """[first, last) token indices whose GPU and link activity is written to timeline.parquet (timed runs)."""
     batch_rows: int = Field(default=65536, ge=1)
     progress: bool = True
+    compiled: bool = True
+    """Judge a plain cache through its policy's compiled twin (same figures, faster); false: the Python classes."""
 
 
 class ServeConfig(_Strict):

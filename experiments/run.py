@@ -371,6 +371,6 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         metrics = serve(requests, cache, timing, scheduler=make_scheduler(run), kv=kv,
                         limits=ServeLimits(run.serve.max_batch, run.serve.max_batched_tokens), **plugins)
     else:
-        metrics = replay(chunks, cache, timing, progress=rows, **plugins)
+        metrics = replay(chunks, cache, timing, progress=rows, compiled=run.replay.compiled, **plugins)
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities),
                      gpu_memory=memory_use)
