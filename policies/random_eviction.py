@@ -7,6 +7,7 @@ from simulator.cache_policy import CachePolicy
 
 class RandomCache(CachePolicy):
     name = "random"
+    compiled = "policies.compiled.random_eviction:CompiledRandom"
 
     def __init__(self, capacity: int, seed: int = 0):
         super().__init__(capacity)

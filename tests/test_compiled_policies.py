@@ -131,3 +131,17 @@ def test_a_cache_judged_by_its_twin_refuses_python_steps():
     assert replay([trace], cache, None).hits == 3  # the twin carries the state on
     with pytest.raises(RuntimeError, match="compiled twin"):
         cache.access(0, [2])
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_random_twin_honours_the_seed(scope):
+    trace, model = load(DEFAULT_TRACE, 30_000)
+    capacity = 16 if scope == "layer" else 8 * model.moe_layers
+    out = []
+    for compiled in (True, False):
+        cache = ExpertCache(lambda c: policy_class("random")(c, seed=7), capacity, scope, model)
+        out.append(replay([trace], cache, None, compiled=compiled))
+        assert (cache.twin is not None) == compiled
+    assert_same(*out)
+    seed0 = both(trace, model, "random", capacity, scope, rows=len(trace))[0]
+    assert out[0].summary() != seed0.summary()  # the seed changes the draws
