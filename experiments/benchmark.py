@@ -44,6 +44,7 @@ from simulator.replay import Timing, replay
 from simulator.requests import requests_from_tokens
 from simulator.scheduler import ServeLimits
 from simulator.serving import serve
+from simulator.stack_distance import hit_curve
 from simulator.trace_rows import tokens
 from traces.format import TraceChunk
 
@@ -343,6 +344,17 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
                     raise AssertionError(f"{name}: the compiled and Python replays disagree")
                 replay_hits[scope, timed] = metrics.hits
 
+    for scope in ("layer", "global"):
+        name = f"one-pass LRU curve, {scope}, every size"
+        capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
+        curve_run = functools.partial(lambda s: hit_curve(chunks(trace), MODEL, s, "lru"), scope)
+        row, curve = measure(name, curve_run, n, lambda c, size=capacity: int(c.hits.sum(axis=0)[size]), runs)
+        row.note = f"{len(curve.capacities)} sizes ({curve.capacities[0]}..{curve.capacities[-1]})"
+        rows.append(row)
+        log(f"  {name}: {row.wall_s:.2f} s")
+        if int(curve.hits.sum(axis=0)[capacity]) != replay_hits[scope, False]:
+            raise AssertionError(f"{name}: the curve disagrees with the replay at {capacity} slots")
+
     for placement in PLACEMENTS:
         name = f"replay timed, layer LRU {LAYER_CAPACITY}, placement {placement}"
         row, _ = measure(name, functools.partial(run_placed, trace, placement), n, hits_of, runs)
@@ -443,6 +455,44 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
     }
 
 
+def goal_lines(result: dict) -> list[str]:
+    """Each speed goal's figure from this run's rows, beside the goal (a goal this run did not measure is said so)."""
+    rate = {r["case"]: r["accesses_per_s"] for r in result["rows"]}
+    wall = {r["case"]: r["wall_s"] for r in result["rows"]}
+    lcs = rate.get(f"libCacheSim LRU {GLOBAL_CAPACITY} (global)")
+    lines = []
+    for scope, capacity in (("layer", LAYER_CAPACITY), ("global", GLOBAL_CAPACITY)):
+        ours = rate[f"replay hit-rate only, {scope} LRU {capacity}, compiled"]
+        versus = f"{ours / lcs:.2f}x libCacheSim's LRU" if lcs else "libCacheSim not run"
+        lines.append(f"  hit-rate only, {scope}: {ours / 1e6:.1f}M accesses/s = {versus} (goal >= 1.0x)")
+    timed = rate[f"replay timed, layer LRU {LAYER_CAPACITY}, compiled"]
+    lines.append(f"  timed, batch 1: {timed / 1e6:.1f}M accesses/s (goal >= 2M)")
+    served = {b: rate.get(f"serve timed, layer LRU {LAYER_CAPACITY}, batch {b}") for b in (1, 8)}
+    if served[8]:
+        lines.append(f"  timed, batch 8 (serve): {served[8] / 1e6:.2f}M accesses/s against {served[1] / 1e6:.2f}M at batch 1 "
+                     f"of the same batched replay and {timed / 1e6:.1f}M of the compiled batch-1 replay (goal: higher "
+                     f"than batch 1)")
+    for scope, capacity in (("layer", LAYER_CAPACITY), ("global", GLOBAL_CAPACITY)):
+        ratio = wall[f"one-pass LRU curve, {scope}, every size"] / wall[f"replay hit-rate only, {scope} LRU {capacity}, compiled"]
+        lines.append(f"  one-pass curve, {scope}: {ratio:.1f}x the time of one hit-rate-only replay (goal <= 2x)")
+    streamed = result["checks"].get("streamed")
+    if streamed:
+        layer = [s for s in streamed if s["scope"] == "layer"]
+        small, large = layer[0], layer[-1]
+        slope = ((large["peak_rss_mib"] - small["peak_rss_mib"]) * 2**20 / (large["accesses"] - small["accesses"])
+                 if large["accesses"] > small["accesses"] else math.nan)
+        at_1b = large["peak_rss_mib"] + slope * (1e9 - large["accesses"]) / 2**20
+        lines.append(f"  streamed replay: peak RSS {small['peak_rss_mib']:.0f} MiB at {small['accesses']:,} accesses, "
+                     f"{large['peak_rss_mib']:.0f} MiB at {large['accesses']:,} ({slope:.3g} bytes per access more), "
+                     f"so about {at_1b:.0f} MiB at 1B (goal < 2 GB)")
+    else:
+        lines.append("  streamed replay: not run (--large-accesses 0)")
+    sweep = result["checks"].get("sweep_126_jobs_s")
+    lines.append(f"  126-job capacity sweep, hit-rate only: {sweep:.1f} s (goal <= 15 s)" if sweep else
+                 "  126-job capacity sweep: not run (--no-sweep)")
+    return lines
+
+
 def format_report(result: dict) -> str:
     width = max(40, *(len(r["case"]) for r in result["rows"]))
     header = (
@@ -484,6 +534,7 @@ def format_report(result: dict) -> str:
             f"{lcs['libcachesim_hit_rate']:.6f}, our replay {lcs['replay_global_hit_rate']:.6f} (ours never evicts an "
             f"expert of the current layer step; libCacheSim's LRU may)"
         )
+    lines += ["", "issue 12's goals:"] + goal_lines(result)
     s = result["setting"]
     lines.append(
         f"wall s: best of runs (perf_counter); traced MiB: tracemalloc peak (Python heap) of one extra untimed run; "
