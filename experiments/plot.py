@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import textwrap
 import sys
@@ -470,8 +471,35 @@ def plot_sweep(sweep_dir: Path, out_dir: Path) -> dict[str, list[Path] | str]:
     return {name: draw(runs, out_dir, sweep_dir=Path(sweep_dir)) for name, draw in figures.items()}
 
 
+def hit_rate_curves(curve_files: list[Path], out_dir: Path) -> list[Path]:
+    """Hit rate against cache size from `moe-trace curve` JSONs (one line each, in the policy's colour; Belady
+    dashed), one panel per scope, since the capacities of the two scopes count different things."""
+    curves = []
+    for path in curve_files:
+        try:
+            doc = json.loads(Path(path).read_text())
+            curves.append((Path(path).stem, doc["policy"], doc["scope"], doc["capacities"], doc["hit_rate"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{path}: not a moe-trace curve JSON ({type(err).__name__}: {err})") from None
+    set_style()
+    scopes = sorted({c[2] for c in curves})
+    fig, axes = grid(len(scopes), 2, sharey=True)
+    for ax, scope in zip(axes, scopes):
+        for name, policy, _, capacities, rates in (c for c in curves if c[2] == scope):
+            style = line_style(policy) | {"marker": None, "label": f"{name} ({policy})"}
+            ax.plot(capacities, rates, **style)
+        ax.set(title=f"scope={scope}", xlabel="cache size (experts per layer)" if scope == "layer" else
+               "cache size (experts in all)", ylabel="hit rate", ylim=(0, 1))
+        ax.legend(fontsize="small")
+    return save(fig, out_dir, "hit_rate_curve")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="moe-sim-plot", description="Draw the figures of a sweep (PNG and PDF).")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["curve"]:
+        return _main_curve(argv[1:])
+    parser = argparse.ArgumentParser(prog="moe-sim-plot", description="Draw the figures of a sweep (PNG and PDF); "
+                                     "`moe-sim-plot curve A.json ... --out DIR` draws `moe-trace curve` outputs.")
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
     parser.add_argument("--out", type=Path, help="folder for the figures (default SWEEP_DIR/figures)")
     args = parser.parse_args(argv)
@@ -483,6 +511,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     for name, result in results.items():
         print(f"{name}: " + (", ".join(str(p) for p in result) if isinstance(result, list) else f"skipped ({result})"))
+
+
+def _main_curve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="moe-sim-plot curve", description="Hit rate against cache size from "
+                                     "`moe-trace curve` JSONs (PNG and PDF).")
+    parser.add_argument("curves", nargs="+", metavar="CURVE.json", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the figure")
+    args = parser.parse_args(argv)
+    try:
+        paths = hit_rate_curves(args.curves, args.out)
+    except InputError as err:
+        print(f"moe-sim-plot: {err}", file=sys.stderr)
+        sys.exit(2)
+    print("hit_rate_curve: " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":

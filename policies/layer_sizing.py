@@ -5,7 +5,7 @@ Inference", ICCAD'24, arXiv 2408.10284) gives each layer its own LRU cache and s
 that the layers that miss most get more slots (REFERENCE.md §3). We reproduce the allocation step only: given
 miss_curves[l][c], the misses of layer l with c slots measured on a training trace, `layer_capacities` picks the
 sizes that minimise the total misses under a slot budget. Where AdapMoE weighs layers by its own profiling, we take
-the curves from `lru_miss_curves`, an exact per-layer LRU replay of the trace at every size in one pass per layer.
+the curves from `lru_miss_curves`, an exact per-layer LRU replay of the trace at every size in one pass.
 The result goes straight to `ExpertCache(..., capacity=[...], scope="layer")`.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simulator.model import MoEModel
+from simulator.stack_distance import LRUStack
 
 
 def layer_capacities(
@@ -73,12 +74,10 @@ def layer_capacities(
 def lru_miss_curves(layers: np.ndarray, experts: np.ndarray, model: MoEModel) -> list[list[int]]:
     """Misses of a per-layer LRU cache of every size 0 .. experts_per_layer, from trace rows in replay order.
 
-    One pass per layer computes each access's LRU stack distance (Mattson et al., 1970) with the replay's step rule:
-    a layer step's experts are all judged before any of them is loaded, and a miss never evicts an expert of its
-    own step. With at least as many slots as the step has experts that rule is still a stack algorithm: the cache
-    holds the `c` most recently used experts, the step's experts counting as used in router order after the
-    judgement, so an access hits with `c` slots iff fewer than `c` other experts were used since its last use before
-    the step. Values for c below top_k (which `ExpertCache` refuses) follow the same formula.
+    The curves come from the LRU stack distances of `simulator.stack_distance` (Mattson et al., 1970, with the
+    replay's step rule: a layer step's experts are all judged before any is loaded, and a miss never evicts an
+    expert of its own step), exact for every size from top_k up; values for c below top_k (which `ExpertCache`
+    refuses) follow the same formula: an access hits iff fewer than c other experts were used since its last use.
 
     Args:
         layers: the MoE layer of each row, shape [rows].
@@ -88,23 +87,6 @@ def lru_miss_curves(layers: np.ndarray, experts: np.ndarray, model: MoEModel) ->
     Returns:
         curves[l][c] = misses of layer l with c slots; curves[l][0] is the layer's access count.
     """
-    layers = np.asarray(layers)
-    experts = np.asarray(experts).reshape(len(layers), -1)
-    curves = []
-    for layer in range(model.moe_layers):
-        stack: list[int] = []  # experts of this layer, most recently used first
-        hits_at_depth = [0] * (model.experts_per_layer + 1)  # hits_at_depth[d]: accesses found d deep (1-based)
-        accesses = 0
-        for row in experts[layers == layer].tolist():
-            step = [e for e in row if e >= 0]
-            accesses += len(step)
-            depths = [stack.index(e) + 1 if e in stack else 0 for e in step]  # all judged before the step moves
-            for depth in depths:
-                hits_at_depth[depth] += depth > 0
-            for e in step:
-                if e in stack:
-                    stack.remove(e)
-                stack.insert(0, e)
-        hits = np.cumsum(hits_at_depth)  # hits[c] = accesses at depth 1..c
-        curves.append([accesses - int(h) for h in hits])
-    return curves
+    stack = LRUStack(model, "layer")
+    stack.add(layers, experts)
+    return (stack.accesses()[:, None] - stack.hits()).tolist()

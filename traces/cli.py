@@ -1,4 +1,5 @@
-"""`moe-trace`: import public routing traces, record them from transformers models, generate synthetic ones, describe any trace.
+"""`moe-trace`: import public routing traces, record them from transformers models, generate synthetic ones, describe any
+trace, and draw its one-pass hit-rate curve.
 
 Every bad input ends the same way: one line `moe-trace: <file>: <field>: <value> ...` on stderr and exit status 2,
 never a traceback. Trace outputs appear complete or not at all (TraceWriter writes to a temporary file).
@@ -12,8 +13,11 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from simulator import stack_distance
+from simulator.cache import SCOPES
 from simulator.errors import InputError
 from traces import info as trace_info
+from traces.format import TraceFile
 from traces.importers import IMPORTERS
 from traces.model_file import load_model
 from traces.prompts import load_prompts
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="moe-trace", description="Import public routing traces, generate synthetic ones, describe any trace.")
+    parser = _Parser(prog="moe-trace", description="Import public routing traces, generate synthetic ones, describe any trace, draw its hit-rate curve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("import", help="convert a public trace format into our Parquet trace")
@@ -99,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tokens", type=int, default=1, metavar="N", help="leave out sequences shorter than N tokens")
     p.add_argument("--out-dir", metavar="DIR", help="also write tables (Parquet and CSV) and figures here")
     p.set_defaults(run=_analyze)
+
+    p = sub.add_parser("curve", help="a policy's exact hit rate at every cache size, in one pass over the trace")
+    p.add_argument("file", metavar="TRACE")
+    p.add_argument("--policy", default="lru", choices=stack_distance.POLICIES, help="the cache policy (default lru)")
+    p.add_argument("--scope", default="layer", choices=SCOPES,
+                   help="layer: capacities top_k .. experts per layer; global: top_k .. all experts (default layer)")
+    p.add_argument("--json", required=True, metavar="OUT",
+                   help='write {"policy", "scope", "capacities", "hit_rate"} as JSON')
+    p.set_defaults(run=_curve)
 
     p = sub.add_parser("record", help="record a trace from a Hugging Face transformers MoE model (needs the 'record' extra)")
     p.add_argument("--model", required=True, metavar="PATH_OR_NAME", help="a local model folder, or a name in your hub cache")
@@ -177,6 +190,20 @@ def _analyze(args) -> None:
         analyze.write_outputs(doc, tables, args.out_dir)
     trace_info.write_json(doc, args.json)
     print(analyze.format_report(doc))
+
+
+def _curve(args) -> None:
+    output = _output(args.json)
+    trace = TraceFile(args.file)
+    model = trace.meta.model
+    start = time.perf_counter()
+    curve = stack_distance.hit_curve(trace.chunks(), model, args.scope, args.policy)
+    doc = curve.to_dict()
+    trace_info.write_json(doc, output)
+    rates = doc["hit_rate"]
+    print(f"wrote {output}: {args.policy} hit rate at {len(rates)} sizes ({args.scope} scope, {doc['capacities'][0]}.."
+          f"{doc['capacities'][-1]}: {rates[0]:.4f}..{rates[-1]:.4f}) over {int(curve.accesses.sum()):,} accesses "
+          f"in {time.perf_counter() - start:.2f} s")
 
 
 RECORD_INSTALL = "pip install -e '.[record]' (in a checkout) or pip install 'torch==2.13.0' 'transformers>=5.23,<6'"
