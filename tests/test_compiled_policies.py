@@ -25,8 +25,9 @@ DEFAULT_TRACE = Path(__file__).parents[1] / "traces" / "data" / "default.parquet
 TWINNED = sorted(name for name in POLICIES if policy_class(name).__dict__.get("compiled"))
 
 
-def both(trace: TraceChunk, model: MoEModel, name: str, capacity: int, scope: str, rows: int = 1 << 12):
-    """(twin's metrics, Python's metrics) of one hit-rate-only replay, the trace cut into chunks of `rows`."""
+def both(trace: TraceChunk, model: MoEModel, name: str, capacity: int, scope: str, rows: int = 1 << 12, timing=None):
+    """(twin's metrics, Python's metrics) of one replay (hit-rate only, or `timing`'s), the trace cut into chunks of
+    `rows`."""
     out = []
     for compiled in (True, False):
         cache = ExpertCache(lambda c: policy_class(name)(c), capacity, scope, model)
@@ -34,7 +35,7 @@ def both(trace: TraceChunk, model: MoEModel, name: str, capacity: int, scope: st
             cache.prepare(trace.sequence, trace.layer, trace.experts)
         chunks = [TraceChunk(trace.sequence[i:i + rows], trace.token[i:i + rows], trace.layer[i:i + rows],
                              trace.experts[i:i + rows]) for i in range(0, len(trace), rows)]
-        metrics = replay(chunks, cache, None, compiled=compiled)
+        metrics = replay(chunks, cache, timing, compiled=compiled)
         assert (cache.twin is not None) == compiled
         out.append(metrics)
     return out

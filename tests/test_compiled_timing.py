@@ -14,27 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardware_profiles.schema import load_profile
-from policies.registry import policy_class
-from simulator.cache import ExpertCache
 from simulator.compute import StepCosts, step_costs
 from simulator.hardware import LinkSpec
 from simulator.model import MoEModel
-from simulator.replay import Timing, replay
+from simulator.replay import Timing
 from tests.test_compiled_policies import DEFAULT_TRACE, TWINNED, load
+from tests.test_compiled_policies import both as replay_both
 from traces.format import TraceChunk
 
 
 def both(trace, model, name, capacity, scope, timing, rows=1 << 12):
-    out = []
-    for compiled in (True, False):
-        cache = ExpertCache(lambda c: policy_class(name)(c), capacity, scope, model)
-        if cache.offline:
-            cache.prepare(trace.sequence, trace.layer, trace.experts)
-        chunks = [TraceChunk(trace.sequence[i:i + rows], trace.token[i:i + rows], trace.layer[i:i + rows],
-                             trace.experts[i:i + rows]) for i in range(0, len(trace), rows)]
-        out.append(replay(chunks, cache, timing, compiled=compiled))
-        assert (cache.twin is not None) == compiled
-    twin, python = out
+    """The timed replay compiled and in Python: every figure equal, floats to the last bit."""
+    twin, python = replay_both(trace, model, name, capacity, scope, rows, timing)
     assert json.dumps(twin.summary()) == json.dumps(python.summary())  # NaN (0/0 on a dead link) equals itself
     assert repr(twin.per_layer) == repr(python.per_layer)
     return twin

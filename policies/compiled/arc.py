@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, tagged_lists
+from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, step_keys, tagged_lists
 from simulator.compiled_policy import CompiledPolicy
 
 T1, T2, B1, B2 = 0, 1, 2, 3  # B1 = T1 + 2 and B2 = T2 + 2: a victim's ghost list
@@ -43,9 +43,7 @@ def _replace(nxt, prev, where, length, p, i, step, t1_full, ghost):
 def _judge(nxt, prev, where, length, p, capacity, instance, offset, layer, experts, hits):
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i, base = instance[layer[r]], offset[layer[r]]
-        for j in range(experts.shape[1]):
-            step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+        i = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:

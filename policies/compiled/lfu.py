@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import in_step
+from policies.compiled.lists import in_step, step_keys
 from simulator.compiled_policy import CompiledPolicy
 
 
@@ -18,9 +18,7 @@ from simulator.compiled_policy import CompiledPolicy
 def _judge(count, entered, clock, slots, where, size, capacity, instance, offset, layer, experts, hits):
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i, base = instance[layer[r]], offset[layer[r]]
-        for j in range(experts.shape[1]):
-            step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+        i = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import append, empty_lists, first_unprotected, in_step, unlink
+from policies.compiled.lists import append, empty_lists, first_unprotected, in_step, step_keys, unlink
 from simulator.compiled_policy import CompiledPolicy
 
 OUT, HIR, LIR = 0, 1, 2  # a key's state: not resident, resident HIR (in Q), LIR
@@ -91,9 +91,7 @@ def _judge(snxt, sprev, qnxt, qprev, in_stack, state, lir_count, lir_size, size,
            experts, hits):
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i, base = instance[layer[r]], offset[layer[r]]
-        for j in range(experts.shape[1]):
-            step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+        i = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:

@@ -36,6 +36,16 @@ def unlink(nxt, prev, i, key):
     prev[i, after] = before
 
 
+@numba.njit(cache=True, inline="always")
+def step_keys(instance, offset, layer, experts, r, step):
+    """Fill `step` with the keys of row r's experts (-1 where none was recorded); returns the row's policy
+    instance (CompiledPolicy.judge's layout)."""
+    base = offset[layer[r]]
+    for j in range(experts.shape[1]):
+        step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+    return instance[layer[r]]
+
+
 @numba.njit(cache=True)
 def in_step(step, key):
     """Whether `key` is one of a layer step's keys (the keys an admission must not evict)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import append, empty_lists, first_unprotected, unlink
+from policies.compiled.lists import append, empty_lists, first_unprotected, step_keys, unlink
 from simulator.compiled_policy import CompiledPolicy
 
 
@@ -18,9 +18,7 @@ def _judge(nxt, prev, resident, size, capacity, pinned, move_on_hit, instance, o
     sentinel = nxt.shape[1] - 1
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i, base = instance[layer[r]], offset[layer[r]]
-        for j in range(experts.shape[1]):
-            step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+        i = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, tagged_lists
+from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, step_keys, tagged_lists
 from policies.s3fifo import MAX_USES
 from simulator.compiled_policy import CompiledPolicy
 
@@ -77,9 +77,7 @@ def _judge(nxt, prev, where, length, uses, evicted_before, capacity, small_size,
            instance, offset, layer, experts, hits):
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i, base = instance[layer[r]], offset[layer[r]]
-        for j in range(experts.shape[1]):
-            step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
+        i = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:
