@@ -159,7 +159,8 @@ def test_cuda_measurement_code_runs_on_the_cpu():
         m = cuda_bench.time_transfers(direction, False, sizes, repeats=2, device="cpu")
         assert m.nbytes == tuple(sizes) and m.fit.bandwidth_Bps > 0 and m.path == f"{direction} pageable"
     assert cuda_bench.device_copy_Bps(1 << 20, 2, device="cpu") > 0
-    ffn = cuda_bench.time_gpu_ffn(256, [32, 1024], repeats=2, pool_bytes=4 << 20, device="cpu")
+    # widths 16 and 4096: 256x the weights, so that a loaded machine cannot invert the slope either
+    ffn = cuda_bench.time_gpu_ffn(256, [16, 4096], repeats=2, pool_bytes=16 << 20, device="cpu")
     assert len(ffn.nbytes) == 2 and "on cpu" in ffn.method
     assert cuda_bench.gpu_flops(256, 128, 16, 2, device="cpu") > 0
 
