@@ -44,7 +44,7 @@ from simulator.replay import Timing, replay
 from simulator.requests import requests_from_tokens
 from simulator.scheduler import ServeLimits
 from simulator.serving import serve
-from simulator.stack_distance import hit_curve
+from simulator.stack_distance import HitCurve, hit_curve
 from simulator.trace_rows import tokens
 from traces.format import TraceChunk
 
@@ -114,6 +114,15 @@ def run_replay(trace: TraceChunk, scope: str, timed: bool, compiled: bool = True
     capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
     cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
     return replay(chunks(trace), cache, TIMING if timed else None, compiled=compiled)
+
+
+def run_curve(trace: TraceChunk, scope: str) -> HitCurve:
+    """LRU's exact hits at every size in one pass (simulator.stack_distance), read from chunks as the replay is."""
+    return hit_curve(chunks(trace), MODEL, scope, "lru")
+
+
+def curve_hits(curve: HitCurve, capacity: int) -> int:
+    return int(curve.hits[:, capacity].sum())
 
 
 PLACEMENTS = {"static-layers 8": lambda: StaticLayers(cpu_layers=8), "cpu-experts": CPUExperts,
@@ -347,12 +356,12 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
     for scope in ("layer", "global"):
         name = f"one-pass LRU curve, {scope}, every size"
         capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
-        curve_run = functools.partial(lambda s: hit_curve(chunks(trace), MODEL, s, "lru"), scope)
-        row, curve = measure(name, curve_run, n, lambda c, size=capacity: int(c.hits.sum(axis=0)[size]), runs)
+        row, curve = measure(name, functools.partial(run_curve, trace, scope), n,
+                             functools.partial(curve_hits, capacity=capacity), runs)
         row.note = f"{len(curve.capacities)} sizes ({curve.capacities[0]}..{curve.capacities[-1]})"
         rows.append(row)
         log(f"  {name}: {row.wall_s:.2f} s")
-        if int(curve.hits.sum(axis=0)[capacity]) != replay_hits[scope, False]:
+        if curve_hits(curve, capacity) != replay_hits[scope, False]:
             raise AssertionError(f"{name}: the curve disagrees with the replay at {capacity} slots")
 
     for placement in PLACEMENTS:
