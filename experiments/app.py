@@ -18,10 +18,12 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.config import RunConfig
+from experiments.curve_store import CURVES_DIR
 from experiments.overrides import rewrite_args
 from experiments.results import METRICS_FILE, write_run
 from experiments.run import memory_warning, simulate
@@ -31,6 +33,7 @@ from policies.miss_handling import MISS_HANDLERS
 from policies.placements import PLACEMENTS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
+from policies.routing import ROUTING
 from policies.schedulers import SCHEDULERS
 from simulator.errors import InputError
 from simulator.presets import PRESETS
@@ -52,7 +55,8 @@ def register_config_groups() -> None:
     for name, entry in POLICIES.items():
         cs.store(group="policy", name=name, node=class_node(entry, POLICIES.load(name), ("capacity", "top_k")))
     for name, entry in PREFETCHERS.items():
-        node = {"_target_": None} if entry is None else class_node(entry, PREFETCHERS.load(name), ("model",))
+        # The MoE model comes first, positionally, without a default, so it is no key; `prefetch.model` (a file) may be.
+        node = {"_target_": None} if entry is None else class_node(entry, PREFETCHERS.load(name), ())
         cs.store(group="prefetch", name=name, node={**node, "train_trace": None})
     for name, entry in MISS_HANDLERS.items():
         node = {"_target_": None} if entry is None else class_node(entry, MISS_HANDLERS.load(name), ())
@@ -60,6 +64,9 @@ def register_config_groups() -> None:
     for name, entry in PLACEMENTS.items():
         node = {"_target_": None} if entry is None else class_node(entry, PLACEMENTS.load(name), ())
         cs.store(group="placement", name=name, node=node)
+    for name, entry in ROUTING.items():
+        node = {"_target_": None} if entry is None else class_node(entry, ROUTING.load(name), ())
+        cs.store(group="routing", name=name, node=node)
     for name, entry in SCHEDULERS.items():
         cs.store(group="scheduler", name=name, node=class_node(entry, SCHEDULERS.load(name), ()))
     cs.store(group="model", name="from_trace", node={"preset": None, "dtype": None, "kind": None})
@@ -67,6 +74,16 @@ def register_config_groups() -> None:
         cs.store(group="model", name=name, node={"preset": name, "dtype": None, "kind": None})
     for name in list_profiles():
         cs.store(group="hardware", name=name, node={"profile": name})
+
+
+def recorded_config(cfg: DictConfig) -> dict:
+    """The resolved config as metrics.json keeps it, without the `routing` node while the router's choice stands: a
+    run that routes as runs did before routing could change keeps their files byte for byte, so a sweep finished
+    then resumes as complete."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if config.get("routing") == {"_target_": None}:
+        del config["routing"]
+    return config
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
@@ -77,15 +94,18 @@ def _run(cfg: DictConfig) -> None:
     try:
         run = RunConfig.from_hydra(cfg)
         job_dir = Path(HydraConfig.get().runtime.output_dir)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = recorded_config(cfg)
         inputs = input_digests(config)
         if is_complete(job_dir, config, inputs):
             print(f"skip {job_dir}: complete results of this config are there")
             return
         discard_results(job_dir)
         bar = tqdm(desc="replay", unit="row", disable=None if run.replay.progress else True, leave=False)
+        curve_dir = None
+        if run.replay.curves and HydraConfig.get().mode == RunMode.MULTIRUN:
+            curve_dir = Path(HydraConfig.get().sweep.dir) / CURVES_DIR / inputs["trace.path"][:16]
         with bar:
-            result = simulate(run, progress=bar)
+            result = simulate(run, progress=bar, curve_dir=curve_dir)
     except InputError as err:
         print(f"moe-sim: {err}", file=sys.stderr)
         sys.exit(2)
@@ -111,6 +131,8 @@ def _run(cfg: DictConfig) -> None:
     timing = f" time/token {summary['time_per_token_s'] * 1e3:.3f} ms, stall {summary['stall_fraction']:.1%}" if result.metrics.timed else ""
     prefetch = f" prefetch={cfg.prefetch._target_.rsplit('.', 1)[-1]}" if cfg.prefetch._target_ else ""
     rows = ", MoLE table rows in its bytes" if result.model.kind == "mole" else ""
+    if result.metrics.rerouting is not None:
+        prefetch += f" routing={cfg.routing._target_.rsplit('.', 1)[-1]} (rerouted {summary['rerouted_accesses']:,})"
     chosen = f"auto = {result.capacities[0]}" if run.cache.capacity == "auto" else run.cache.capacity
     size = f"capacity={chosen} ({run.cache.scope}{rows})" if run.cache.sizing == "uniform" else \
         f"{sum(result.capacities)} slots sized by {run.cache.sizing} ({min(result.capacities)}..{max(result.capacities)} per layer)"

@@ -112,6 +112,10 @@ def run_replay(trace: TraceChunk, scope: str, timed: bool, compiled: bool = True
     """Our replay with LRU: per-layer at LAYER_CAPACITY or global at GLOBAL_CAPACITY slots; through LRU's compiled
     twin, or through the Python class (`compiled=False`)."""
     capacity = LAYER_CAPACITY if scope == "layer" else GLOBAL_CAPACITY
+    return run_replay_at(trace, scope, capacity, timed, compiled)
+
+
+def run_replay_at(trace: TraceChunk, scope: str, capacity: int, timed: bool = False, compiled: bool = True) -> Metrics:
     cache = ExpertCache(policy_class("lru"), capacity, scope, MODEL)
     return replay(chunks(trace), cache, TIMING if timed else None, compiled=compiled)
 
@@ -144,6 +148,30 @@ def run_serve(trace: TraceChunk, max_batch: int) -> Metrics:
     requests = requests_from_tokens(tokens(chunks(trace)))
     return serve(requests, cache, SERVE_TIMING, scheduler=FCFSScheduler(),
                  limits=ServeLimits(max_batch, SERVE_MAX_BATCHED_TOKENS))
+
+
+def run_serve_hit_rate(trace: TraceChunk, max_batch: int, compiled: bool) -> Metrics:
+    """`run_serve` without the clock: the batched hit-rate-only replay, its steps judged by LRU's compiled twin or
+    by the Python class (`compiled=False`)."""
+    cache = ExpertCache(policy_class("lru"), LAYER_CAPACITY, "layer", MODEL)
+    requests = requests_from_tokens(tokens(chunks(trace)))
+    return serve(requests, cache, None, scheduler=FCFSScheduler(),
+                 limits=ServeLimits(max_batch, SERVE_MAX_BATCHED_TOKENS), compiled=compiled)
+
+
+SWEEP_CAPACITIES = (6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64)
+"""The capacity sweep's sizes (experiments/conf/sweep/capacity_vs_policy.yaml)."""
+
+
+def run_capacity_replays(trace: TraceChunk) -> list[int]:
+    """The capacity sweep's LRU figures as one compiled hit-rate-only replay per size: hits per size."""
+    return [run_replay_at(trace, "layer", capacity).hits for capacity in SWEEP_CAPACITIES]
+
+
+def run_capacity_curve(trace: TraceChunk) -> list[int]:
+    """The same figures from one one-pass curve, as a sweep's jobs read them (`replay.curves`)."""
+    curve = run_curve(trace, "layer")
+    return [curve_hits(curve, capacity) for capacity in SWEEP_CAPACITIES]
 
 
 @dataclass
@@ -364,6 +392,19 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
         if curve_hits(curve, capacity) != replay_hits[scope, False]:
             raise AssertionError(f"{name}: the curve disagrees with the replay at {capacity} slots")
 
+    name = f"{len(SWEEP_CAPACITIES)} capacities, a compiled replay each"
+    row, per_size = measure(name, functools.partial(run_capacity_replays, trace), n * len(SWEEP_CAPACITIES), sum,
+                            runs, "layer LRU, hit-rate only")
+    rows.append(row)
+    log(f"  {name}: {row.wall_s:.2f} s")
+    name = f"{len(SWEEP_CAPACITIES)} capacities, one curve"
+    row, from_curve = measure(name, functools.partial(run_capacity_curve, trace), n * len(SWEEP_CAPACITIES), sum,
+                              runs, "what a sweep's jobs read (replay.curves)")
+    rows.append(row)
+    log(f"  {name}: {row.wall_s:.2f} s")
+    if from_curve != per_size:
+        raise AssertionError("the curve disagrees with the per-size replays")
+
     for placement in PLACEMENTS:
         name = f"replay timed, layer LRU {LAYER_CAPACITY}, placement {placement}"
         row, _ = measure(name, functools.partial(run_placed, trace, placement), n, hits_of, runs)
@@ -385,6 +426,16 @@ def benchmark(accesses: int, naive_accesses: int, runs: int, seed: int, log=prin
             "mean_batch_requests": sum(it[2] for it in metrics.iterations) / len(metrics.iterations),
             "simulated_time_s": metrics.total_time_s,
         }
+    for batch in SERVE_BATCHES:
+        hits = set()
+        for compiled in (True, False):
+            name = f"serve hit-rate only, layer LRU {LAYER_CAPACITY}, batch {batch}, {'compiled' if compiled else 'python'}"
+            row, metrics = measure(name, functools.partial(run_serve_hit_rate, trace, batch, compiled), n, hits_of, runs)
+            rows.append(row)
+            log(f"  {name}: {row.wall_s:.2f} s")
+            hits.add(metrics.hits)
+        if len(hits) != 1:
+            raise AssertionError(f"serve batch {batch}: the compiled and Python steps disagree")
     if 1 in checks["serve"]:
         one = checks["serve"][1]
         checks["serve_batch1_vs_replay"] = {"serve_hits": one["hits"], "replay_hits": replay_hits["layer", True],
@@ -481,9 +532,17 @@ def goal_lines(result: dict) -> list[str]:
         lines.append(f"  timed, batch 8 (serve): {served[8] / 1e6:.2f}M accesses/s against {served[1] / 1e6:.2f}M at batch 1 "
                      f"of the same batched replay and {timed / 1e6:.1f}M of the compiled batch-1 replay (goal: higher "
                      f"than batch 1)")
+    hit_served = {b: rate.get(f"serve hit-rate only, layer LRU {LAYER_CAPACITY}, batch {b}, compiled") for b in (1, 8)}
+    if hit_served[8]:
+        lines.append(f"  hit-rate only, batch 8 (serve, compiled steps): {hit_served[8] / 1e6:.2f}M accesses/s against "
+                     f"{hit_served[1] / 1e6:.2f}M at batch 1 of the same batched replay")
     for scope, capacity in (("layer", LAYER_CAPACITY), ("global", GLOBAL_CAPACITY)):
         ratio = wall[f"one-pass LRU curve, {scope}, every size"] / wall[f"replay hit-rate only, {scope} LRU {capacity}, compiled"]
         lines.append(f"  one-pass curve, {scope}: {ratio:.1f}x the time of one hit-rate-only replay (goal <= 2x)")
+    sizes = len(SWEEP_CAPACITIES)
+    replays, curve = wall[f"{sizes} capacities, a compiled replay each"], wall[f"{sizes} capacities, one curve"]
+    lines.append(f"  {sizes} capacities from one curve: {curve:.3f} s against {replays:.3f} s for a replay each "
+                 f"({replays / curve:.1f}x)")
     streamed = result["checks"].get("streamed")
     if streamed:
         layer = [s for s in streamed if s["scope"] == "layer"]

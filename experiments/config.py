@@ -91,6 +91,9 @@ class ReplayConfig(_Strict):
     progress: bool = True
     compiled: bool = True
     """Judge a plain cache through its policy's compiled twin (same figures, faster); false: the Python classes."""
+    curves: bool = True
+    """In a sweep (`moe-sim -m`), hit-rate-only LRU and Belady jobs read their figures from one one-pass curve per
+    trace, policy and scope, kept in the sweep folder's `.curves/` (same figures); false: each job replays."""
 
 
 class ServeConfig(_Strict):
@@ -115,6 +118,7 @@ class RunConfig(_Strict):
     prefetch: dict = {"_target_": None}
     miss: dict = {"_target_": None}
     placement: dict = {"_target_": None}
+    routing: dict = {"_target_": None}
     memory: MemoryConfig = MemoryConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     serve: ServeConfig = ServeConfig()

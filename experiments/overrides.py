@@ -20,7 +20,7 @@ from simulator.errors import InputError
 from traces.model_file import is_model_file
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss", "placement", "serve", "scheduler")
+GROUPS = ("trace", "model", "hardware", "policy", "prefetch", "miss", "placement", "routing", "serve", "scheduler")
 SWEEP_SYNTAX = ("choice(", "range(", "glob(", "interval(")
 
 

@@ -6,16 +6,19 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from experiments.config import RunConfig
+from experiments.curve_store import CurveStore
 from hardware_profiles.schema import load_profile
 from policies.layer_sizing import layer_capacities, lru_miss_curves
 from policies.miss_handling import MISS_HANDLERS
 from policies.placements import PLACEMENTS
 from policies.prefetchers import PREFETCHERS
 from policies.registry import POLICIES
+from policies.routing import ROUTING
 from policies.schedulers import SCHEDULERS
 from simulator.cache import ExpertCache
 from simulator.cache_policy import CachePolicy
@@ -33,6 +36,7 @@ from simulator.prefetcher import Prefetcher
 from simulator.presets import with_dtype, with_non_expert_dtype
 from simulator.registry import Registry
 from simulator.replay import Timing, replay
+from simulator.routing import RoutingPolicy
 from simulator.requests import Request, requests_from_tokens
 from simulator.scheduler import Scheduler, ServeLimits
 from simulator.serving import KvMemory, poisson_arrivals, serve
@@ -129,6 +133,18 @@ def make_placement(spec: dict, model: MoEModel, seed: int) -> Placement | None:
     placement = built(configured_class(spec, Placement, PLACEMENTS, seed), PLACEMENTS, spec["_target_"])
     placement.bind(model)
     return placement
+
+
+def make_routing(spec: dict, trace: TraceFile, seed: int) -> RoutingPolicy | None:
+    """The configured routing policy; None for `routing=router` (the recorded experts). It needs the trace's
+    candidates."""
+    if spec.get("_target_") is None:
+        return None
+    routing = built(configured_class(spec, RoutingPolicy, ROUTING, seed), ROUTING, spec["_target_"])
+    if not trace.candidates:
+        raise InputError(f"routing={ROUTING.name_of(spec['_target_'])}: {trace.path} has no 'candidates' column (the "
+                         "router's runners-up; record them with moe-trace record --candidates R)")
+    return routing
 
 
 def gpu_layer_mask(placement: Placement | None, model: MoEModel) -> list[bool]:
@@ -295,6 +311,9 @@ def check_combination(run: RunConfig) -> None:
     if (serve.arrival == "file") != (serve.arrival_file is not None):
         raise InputError(f"serve.arrival_file: {serve.arrival_file!r} goes with serve.arrival=file (and only with it); "
                          f"serve.arrival={serve.arrival}")
+    if serve.mode != "none" and run.routing.get("_target_") is not None:
+        raise InputError(f"routing={ROUTING.name_of(run.routing['_target_'])}: re-routes one token's experts; batched "
+                         "serving (serve=continuous) takes routing=router")
     if serve.arrival != "offline" and not run.replay.timed:
         raise InputError(f"serve.arrival={serve.arrival}: arrivals need the clock (replay.timed=true); the hit-rate-only "
                          "replay serves offline (all requests at t=0)")
@@ -306,9 +325,10 @@ def check_combination(run: RunConfig) -> None:
             raise InputError(f"replay.timeline: [{first}, {last}] is not a window of tokens (0 <= first < last)")
 
 
-def simulate(run: RunConfig, progress=None) -> RunResult:
+def simulate(run: RunConfig, progress=None, curve_dir: Path | None = None) -> RunResult:
     """Run one simulation. `progress`, if given, is a tqdm-like bar: its `total` is set to the trace's rows and
-    `update(rows)` is called as the replay goes."""
+    `update(rows)` is called as the replay goes. `curve_dir` (a sweep's, for this trace's contents) keeps one-pass
+    curves that hit-rate-only jobs share (experiments.curve_store)."""
     check_combination(run)
     trace = TraceFile(run.trace_path)
     if trace.num_rows == 0:
@@ -331,12 +351,13 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
     )
     prefetcher = make_prefetcher(run.prefetch, model, trace, run.seed)
     miss_handler = make_miss_handler(run.miss, trace, run.seed)
+    routing = make_routing(run.routing, trace, run.seed)
     memory_use = without_experts.with_expert_cache(expert_slots_on_gpu(list(cache.capacities), on_gpu),
                                                    model.bytes_per_expert)
     predictions = list(prefetcher.predictions) if prefetcher is not None else []
-    weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights)
+    weights = cache.uses_gate_weights or (miss_handler is not None and miss_handler.needs_weights) or routing is not None
     chunks = trace.chunks(batch_rows=run.replay.batch_rows, predictions=predictions, weights=weights,
-                          token_ids=model.kind == "mole")
+                          token_ids=model.kind == "mole", candidates=routing is not None)
     if cache.offline:
         # Offline policies need the whole future: the trace is held in memory once and replayed from there.
         chunks = list(chunks)
@@ -369,8 +390,11 @@ def simulate(run: RunConfig, progress=None) -> RunResult:
         kv = KvMemory(run.serve.kv, without_experts.kv_bytes_per_token or 0,
                       without_experts.memory_bytes - without_experts.non_expert_bytes, model.bytes_per_expert)
         metrics = serve(requests, cache, timing, scheduler=make_scheduler(run), kv=kv,
-                        limits=ServeLimits(run.serve.max_batch, run.serve.max_batched_tokens), **plugins)
+                        limits=ServeLimits(run.serve.max_batch, run.serve.max_batched_tokens),
+                        compiled=run.replay.compiled, **plugins)
     else:
-        metrics = replay(chunks, cache, timing, progress=rows, compiled=run.replay.compiled, **plugins)
+        curves = CurveStore(curve_dir, trace, model, run.replay.batch_rows) if curve_dir is not None else None
+        metrics = replay(chunks, cache, timing, progress=rows, compiled=run.replay.compiled, routing=routing,
+                         curves=curves, **plugins)
     return RunResult(metrics=metrics, model=model, hardware=hardware, trace=trace, capacities=list(cache.capacities),
                      gpu_memory=memory_use)

@@ -28,7 +28,7 @@ from hardware_profiles.schema import profile_path
 RESOLVER = "job_dirname"
 """The OmegaConf resolver `conf/config.yaml` names `hydra.sweep.subdir` with."""
 
-IGNORED_KEYS = ("replay.progress", "replay.compiled")
+IGNORED_KEYS = ("replay.progress", "replay.compiled", "replay.curves")
 """Config keys that do not change a run's results: a rerun that differs only in them still finds the job done."""
 
 _SAFE = re.compile(r"[^\w.+-]")

@@ -27,6 +27,7 @@ def next_use_positions(keys: np.ndarray) -> np.ndarray:
 class BeladyCache(CachePolicy):
     name = "belady"
     compiled = "policies.compiled.belady:CompiledBelady"
+    stack_curve = "belady"
     offline = True
 
     def __init__(self, capacity: int):

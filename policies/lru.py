@@ -8,6 +8,7 @@ from simulator.cache_policy import CachePolicy
 class LRUCache(CachePolicy):
     name = "lru"
     compiled = "policies.compiled.recency:CompiledLRU"
+    stack_curve = "lru"
 
     def __init__(self, capacity: int):
         super().__init__(capacity)

@@ -60,6 +60,7 @@ class ExpertCache:
         self.twin: CompiledPolicy | None = None
         """The compiled twin holding this cache's state once a replay handed it over (`compiled()`)."""
         self._judged = False  # whether `access` has judged a step through the Python policies
+        self._unprepared = False  # whether `prepare` was given futures the policies have not seen yet
         self._empty()
 
     def _empty(self) -> None:
@@ -96,8 +97,15 @@ class ExpertCache:
             keys = self.model.key(layers[:, None], experts)
             futures = [(keys[valid], sequences[valid])]
         self._futures = futures
-        if not self.reset_per_sequence:
-            for policy, (keys, _) in zip(self._instances(), futures):
+        self._unprepared = not self.reset_per_sequence  # the policies look at the stream when first asked
+
+    def ready(self) -> None:
+        """Give the policies the futures `prepare` was given, before their first step (deferred from `prepare`, so
+        that a replay judged by a compiled twin, which reads the futures itself, or read from a one-pass curve
+        never has the Python policies compute them)."""
+        if self._unprepared:
+            self._unprepared = False
+            for policy, (keys, _) in zip(self._instances(), self._futures):
                 policy.prepare(keys, self.model.top_k)
 
     def start_sequence(self, sequence: int, first: bool) -> None:
@@ -131,6 +139,13 @@ class ExpertCache:
                                    np.array(self.offsets, dtype=np.int64))
         return self.twin
 
+    def curve_policy(self) -> str:
+        """The one-pass curve (simulator.stack_distance) that gives this cache's hits at every size: its policy's
+        exact class's `stack_curve`, "" if none or if the cache resets per sequence or has judged steps already."""
+        if self.reset_per_sequence or self._judged or self.twin is not None:
+            return ""
+        return type(self.policies[0]).__dict__.get("stack_curve", "")
+
     def _instances(self) -> list[CachePolicy]:
         return self.policies if self.scope == "layer" else self.policies[:1]
 
@@ -149,7 +164,9 @@ class ExpertCache:
         """
         if self.twin is not None:
             raise RuntimeError("this cache's state is in its compiled twin (a compiled replay ran): use a fresh cache")
-        self._judged = True
+        if not self._judged:
+            self._judged = True
+            self.ready()
         policy = self.policies[layer]
         offset = self.offsets[layer]
         keys = [offset + e for e in experts] if offset else experts
@@ -186,6 +203,7 @@ class ExpertCache:
         """Give every policy instance `capacity` slots (the KV cache took or returned memory), evicting by the policy
         down to the new size; never fewer than top_k."""
         capacity = max(capacity, self.model.top_k)
+        self.ready()
         for index, policy in enumerate(self._instances()):
             evicted = policy.resize(capacity)
             if self.track_evictions and evicted:

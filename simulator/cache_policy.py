@@ -15,7 +15,9 @@ Optional hooks, each declared here with a default that does nothing, so a policy
   - `uses_prefetch_candidates = True`: the replay calls `observe_prefetch_candidates(keys)` with the prefetcher's
     latest request, the keys it will load soon (MoE-Infinity protects them from eviction);
   - `compiled = "module:Class"` names a compiled twin (simulator.compiled_policy) that decides exactly as this class
-    does, which a hit-rate-only replay uses instead of the hooks.
+    does, which a hit-rate-only replay uses instead of the hooks;
+  - `stack_curve = "lru"` names the one-pass curve (simulator.stack_distance) whose hits at each size are this
+    class's, so the jobs of a capacity sweep can share one pass.
 The interface lives on the ground floor (simulator/), so the engine needs no plug-in package; `policies.base`
 re-exports it for plug-in authors.
 """
@@ -39,6 +41,8 @@ class CachePolicy(ABC):
     """True if the policy reads the prefetcher's requests through `observe_prefetch_candidates`."""
     compiled: ClassVar[str] = ""
     """"module:Class" of this exact class's compiled twin (simulator.compiled_policy), or "" for none."""
+    stack_curve: ClassVar[str] = ""
+    """The one-pass curve (simulator.stack_distance.POLICIES) equal to this exact class at every size, or ""."""
 
     resident: Container[int]
     """The keys on the GPU now; the replay tests membership with `key in policy.resident`."""

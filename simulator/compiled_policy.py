@@ -40,10 +40,12 @@ class CompiledPolicy(ABC):
     def judge(self, layer: np.ndarray, experts: np.ndarray, hits: np.ndarray) -> int:
         """Judge layer steps in order, as `ExpertCache.access` would: row r is a step of MoE layer `layer[r]` with
         the expert ids `experts[r]` (-1 = no access), key `offset[layer] + expert` in instance `instance[layer]`;
-        set `hits[r, j]` for each expert found resident. A step's experts never outnumber its instance's capacity
-        (the token-by-token replay). Returns -1, or the row at which an admission found every resident protected
-        (where the Python class raises; compiled loops return codes, since a raise inside them costs a factor of
-        five in speed)."""
+        set `hits[r, j]` (zeroed by the caller) for each expert resident before the step. Rows may be any width,
+        -1 anywhere, their experts distinct; a row with no more experts than its instance's capacity protects them
+        all, a wider one (a batched step's union) follows `ExpertCache._access_overfull` (online policies' twins
+        only: batched serving refuses offline policies). Returns -1, or the row at which an admission found every
+        resident protected (where the Python class raises; compiled loops return codes, since a raise inside them
+        costs a factor of five in speed)."""
 
 
 def compiled_twin(policy: CachePolicy) -> type[CompiledPolicy] | None:

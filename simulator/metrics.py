@@ -42,6 +42,21 @@ class PrefetchCounters:
 
 
 @dataclass
+class ReroutingCounters:
+    """What a routing policy changed: routed experts swapped for resident runners-up, and the gate mass handed to
+    them (each replaced expert's recorded gate weight; without a weights column, its share of its step's top-k
+    router probability). `gate_mass` is every routed expert's, the denominator of the share moved."""
+
+    accesses: int = 0
+    gate_mass_moved: float = 0.0
+    gate_mass: float = 0.0
+
+    def summary(self) -> dict:
+        return {"rerouted_accesses": self.accesses, "gate_mass_moved": self.gate_mass_moved,
+                "gate_mass_moved_share": self.gate_mass_moved / self.gate_mass if self.gate_mass else 0.0}
+
+
+@dataclass
 class Metrics:
     accesses: int = 0
     hits: int = 0
@@ -82,6 +97,8 @@ class Metrics:
     """A batched replay's requests (REQUEST_COLUMNS); None for the token-by-token replay."""
     iterations: list[tuple] | None = None
     """A batched replay's iterations (ITERATION_COLUMNS)."""
+    rerouting: ReroutingCounters | None = None
+    """A routing policy's swaps; None where the router's choice stands (its figures are then not reported)."""
 
     @property
     def misses(self) -> int:
@@ -143,6 +160,7 @@ class Metrics:
             "prefetch_recall": covered / (self.misses + p.useful) if self.misses + p.useful else 0.0,
             "prefetch_mean_late_wait_s": t(p.late_wait_s / p.late if p.late else 0.0),
             **(self.serving_summary() if self.requests is not None else {}),
+            **(self.rerouting.summary() if self.rerouting is not None else {}),
         }
 
     def serving_summary(self) -> dict:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import repeat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,16 +47,18 @@ from simulator.hardware import LinkSpec
 from simulator.link import Link
 from simulator.lut_cache import RowCache
 from simulator.memory import MemoryHierarchy
-from simulator.metrics import LayerCounters, Metrics
+from simulator.metrics import LayerCounters, Metrics, ReroutingCounters
 from simulator.miss_handler import COPY, CPU, LOAD, LOW_PRECISION, SKIP, MissHandler
 from simulator.placement import Placement, SplitView
 from simulator.prefetch_book import PrefetchBook
 from simulator.prefetcher import Prefetcher, PrefetchView
+from simulator.routing import RoutingPolicy
 from simulator.timeline import TimelineEvent
-from simulator.trace_rows import Token, TraceChunk, tokens as group_tokens
+from simulator.trace_rows import RowTally, Token, TraceChunk, tokens as group_tokens
 
 if TYPE_CHECKING:
     from simulator.serving import BatchStep
+    from simulator.stack_distance import HitCurve
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def replay(
     progress: Callable[[int], None] | None = None,
     placement: Placement | None = None,
     compiled: bool = True,
+    routing: RoutingPolicy | None = None,
+    curves: Callable[[str, str], HitCurve] | None = None,
 ) -> Metrics:
     """Replay `chunks` (rows in trace order) through `cache`; timed if `timing` is given, else hit rate only.
 
@@ -91,27 +96,37 @@ def replay(
     must carry gate weights if the handler or the cache policy reads them. `memory` describes the tiers behind the
     GPU (default: every expert in DRAM, one host-to-device link from `timing`); its links carry the replay's clock.
     `timeline` = (first, last) token indices (0-based, over the whole replay) records what the GPU and the links
-    did for those tokens into `Metrics.timeline` (timed replays only).
+    did for those tokens into `Metrics.timeline` (timed replays only). A `routing` policy (simulator.routing) may swap
+    each step's routed experts for resident runners-up before the cache judges it; chunks must carry candidates.
 
     A replay of a plain cache (no prefetcher, miss handler or placement, no NVMe tier, not MoLE; timed: one serial
     link and no timeline) whose policy has a compiled twin (simulator.compiled_policy) is judged by the twin, chunk
     by chunk, and timed by a compiled loop (simulator.compiled_timing), with the same figures; `compiled=False`
     keeps it on the Python policies and the SimPy clock.
+    A hit-rate-only replay of a plain cache whose policy has a one-pass curve (`CachePolicy.stack_curve`) takes its
+    figures from `curves(policy, scope)`, the curve of these same chunks (a sweep's jobs share one), if given, and
+    reads no chunk.
     """
     if prefetcher is not None and cache.offline:
         raise InputError(f"prefetch={_name(prefetcher)}: policy={_name(cache.policies[0])} is offline (its future is the "
                          "demand stream) and takes no prefetched experts; replay it without a prefetcher as the bound "
                          "of a demand-only sweep")
-    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
-    plain = (prefetcher is None and miss_handler is None and placement is None and not run.memory.on_nvme
-             and not run.lookup and not cache.uses_gate_weights)
+    if routing is not None and cache.offline:
+        raise InputError(f"routing={_name(routing)}: policy={_name(cache.policies[0])} is offline (it is given the "
+                         "recorded demand stream in advance, which re-routing changes as it runs); use an online policy")
+    run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement, routing)
+    plain = run.plain()
     if timing is not None:  # the compiled clock knows demand fetches on one serial link, and records no timeline
         h2d = run.memory.h2d
         plain = plain and timeline is None and h2d is not None and h2d.spec.sharing == "serial"
+    if timing is None and plain and curves is not None and cache.curve_policy():
+        run.judge_curve(curves(cache.curve_policy(), cache.scope))
+        return run.finish()
     twin = cache.compiled() if compiled and plain else None
     if twin is not None:
         run.judge_compiled(chunks, twin, progress)
         return run.finish()
+    cache.ready()
     tokens = group_tokens(chunks, progress)
     if timing is None:
         for _ in run.steps(tokens):
@@ -131,7 +146,8 @@ def _name(plugin) -> str:
 class _Replay:
     def __init__(self, cache: ExpertCache, timing: Timing | None, prefetcher: Prefetcher | None,
                  miss_handler: MissHandler | None, miss_costs: MissCosts | None, memory: MemoryHierarchy | None,
-                 timeline: tuple[int, int] | None = None, placement: Placement | None = None):
+                 timeline: tuple[int, int] | None = None, placement: Placement | None = None,
+                 routing: RoutingPolicy | None = None):
         model = cache.model
         if (miss_handler is not None or placement is not None) and miss_costs is None:
             raise ValueError("a miss handler or a placement needs miss_costs")
@@ -159,6 +175,9 @@ class _Replay:
                                  f"(miss={_name(miss_handler)}): use miss=load")
             placement.bind(model)
         self.placement = placement
+        if routing is not None and self.lookup:
+            raise InputError(f"routing={_name(routing)}: model.kind=mole looks rows up by token id; it takes routing=router")
+        self.routing = routing
         self.cpu_layers = frozenset(layer for layer in range(model.moe_layers)
                                     if placement is not None and placement.on_cpu(layer))
         """MoE layers whose experts the placement keeps on the CPU, asked once."""
@@ -168,7 +187,8 @@ class _Replay:
         self.miss_costs = miss_costs
         self.cpu_free = 0.0  # when the CPU finishes the experts it was given (Fiddler-style execution)
         self.expert_bytes = model.bytes_per_expert
-        self.metrics = Metrics(timed=timing is not None, per_layer=LayerCounters.zeros(model.moe_layers))
+        self.metrics = Metrics(timed=timing is not None, per_layer=LayerCounters.zeros(model.moe_layers),
+                               rerouting=ReroutingCounters() if routing is not None else None)
         self.now = 0.0
         self.book: PrefetchBook | None = None
         self._upcoming: deque[Token] = deque()  # tokens read ahead for an oracle's view of the future
@@ -180,6 +200,13 @@ class _Replay:
                 self.view.layer_compute_s = timing.costs.non_expert_s + model.top_k * timing.costs.expert_s
 
     # -- driving -------------------------------------------------------------------------------------------------
+
+    def plain(self) -> bool:
+        """Whether only the cache decides each step (no prefetcher, miss handler, placement, re-routing, NVMe tier,
+        MoLE table or gate-weight policy): what a compiled twin or a one-pass curve can replay."""
+        return (self.prefetcher is None and self.miss_handler is None and self.placement is None
+                and self.routing is None and not self.memory.on_nvme and not self.lookup
+                and not self.cache.uses_gate_weights)
 
     def clocked(self, env: simpy.Environment, ends: Iterable[float]):
         """The SimPy process: one timeout per layer step, to the step's end (`ends`: the steps' end times as
@@ -219,11 +246,18 @@ class _Replay:
             if prefetcher is not None:
                 self._begin_token(token, previous)
             weights = token.weights or [None] * len(token.layers)
-            for index, (layer, experts, gate) in enumerate(zip(token.layers, token.experts, weights)):
-                self._layer_step(layer, experts, gate, index == 0 and prefetcher is not None)
+            routes = repeat(None) if self.routing is None else self._routes(token)
+            for index, (layer, experts, gate, route) in enumerate(zip(token.layers, token.experts, weights, routes)):
+                self._layer_step(layer, experts, gate, index == 0 and prefetcher is not None, candidates=route)
                 yield self.now
             if prefetcher is not None:
                 previous = dict(zip(token.layers, token.experts))
+
+    def _routes(self, token: Token) -> Iterator[tuple[list[int], list[float]]]:
+        """A token's (candidates, scores) per row, for the routing policy."""
+        if token.candidates is None:
+            raise ValueError(f"routing={_name(self.routing)}: the trace chunks carry no candidates")
+        return zip(token.candidates, token.candidate_scores)
 
     def _record_token(self, index: int) -> None:
         """Switch event recording on for tokens inside the timeline window and off outside it."""
@@ -267,13 +301,15 @@ class _Replay:
     # -- one layer step ------------------------------------------------------------------------------------------
 
     def _layer_step(self, layer: int, experts: list[int], weights: list[float] | None, token_start: bool,
-                    step: "BatchStep | None" = None, non_expert_s: float | None = None) -> None:
+                    step: "BatchStep | None" = None, non_expert_s: float | None = None, candidates=None) -> None:
         """t_router = now + non-expert work; land the prefetches that have arrived; judge the step's experts against
         the cache; fetch the misses; ask the prefetcher; compute (README "Accounting semantics").
 
         One token's step gives its router's `experts`; a batched step (simulator.serving) gives U, the distinct
         experts of its rows in first-appearance order, with `step` saying how many rows each serves and what it
-        costs. `non_expert_s` replaces the profile's figure where the step's context is costed (attention)."""
+        costs. `non_expert_s` replaces the profile's figure where the step's context is costed (attention).
+        `candidates` = (ids, scores) of the router's top-(k + r), for the routing policy, which may swap `experts` in
+        place once the step's prefetches have landed (the token's routing then holds the experts used)."""
         metrics, timing, cache, book = self.metrics, self.timing, self.cache, self.book
         if non_expert_s is None:
             non_expert_s = timing.costs.non_expert_s if timing else 0.0
@@ -283,6 +319,8 @@ class _Replay:
         t_router = self.now + start_issue_s + non_expert_s if timing else 0.0
         if book is not None and book.inflight:
             book.land(t_router, layer, experts)
+        if candidates is not None:
+            self._reroute(layer, experts, weights, *candidates)
         if cache.uses_gate_weights:
             for row_experts, row_weights in (((experts, weights),) if step is None else step.gates()):
                 if row_weights is not None:
@@ -318,6 +356,21 @@ class _Replay:
             issue_s += self._prefetch_after_router(layer, experts, t_router, step)
         if timing:
             self._compute(layer, t_router, issue_s, resident_s, arrivals, start_issue_s, non_expert_s)
+
+    def _reroute(self, layer: int, experts: list[int], weights, candidates: list[int], scores: list[float]) -> None:
+        """Let the routing policy swap routed experts for runners-up, in place; count the swaps and the gate mass moved
+        (the replaced expert's gate weight, else its share of the step's top-k router probability)."""
+        counters, cache = self.metrics.rerouting, self.cache
+        top = sum(scores[:len(experts)])
+        counters.gate_mass += sum(weights) if weights is not None else (1.0 if top else 0.0)
+        swaps = self.routing.route(layer, experts, weights, candidates, scores, lambda e: cache.is_resident(layer, e))
+        for position, candidate in swaps:
+            if candidate in experts or candidate not in candidates:
+                raise ValueError(f"routing={_name(self.routing)}: swap {experts[position]} -> {candidate} at layer "
+                                 f"{layer}: a candidate must be a runner-up not yet routed this step")
+            experts[position] = candidate
+            counters.accesses += 1
+            counters.gate_mass_moved += weights[position] if weights is not None else (scores[position] / top if top else 0.0)
 
     def _prefetch_at_start(self, layer: int, experts: list[int], step: "BatchStep | None") -> float:
         """Ask the prefetcher at the start of the token (of every row's token, in a batched step); returns the
@@ -552,7 +605,7 @@ class _Replay:
         layers = model.moe_layers
         accesses = np.zeros(layers, dtype=np.int64)
         hits = np.zeros(layers, dtype=np.int64)
-        last = None  # (sequence, token) of the previous chunk's last row
+        tally = RowTally()
         for chunk in chunks:
             if not len(chunk):
                 continue
@@ -565,24 +618,33 @@ class _Replay:
                            self.memory.h2d.spec.issue_s)
             accesses += np.bincount(layer, weights=(experts >= 0).sum(axis=1), minlength=layers).astype(np.int64)
             hits += np.bincount(layer, weights=hit.sum(axis=1), minlength=layers).astype(np.int64)
-            sequence, token = chunk.sequence, chunk.token
-            new_token = np.ones(len(layer), dtype=np.bool_)
-            new_sequence = np.ones(len(layer), dtype=np.bool_)
-            new_token[1:] = (sequence[1:] != sequence[:-1]) | (token[1:] != token[:-1])
-            new_sequence[1:] = sequence[1:] != sequence[:-1]
-            if last is not None:
-                new_token[0] = (sequence[0], token[0]) != last
-                new_sequence[0] = sequence[0] != last[0]
-            last = (sequence[-1], token[-1])
-            metrics.tokens += int(new_token.sum())
-            metrics.sequences += int(new_sequence.sum())
-            metrics.layer_steps += len(layer)
+            tally.add(chunk)
             if progress is not None:
                 progress(len(chunk))
-        per_layer = self.metrics.per_layer
         if timer is not None:
+            per_layer = self.metrics.per_layer
             self.now, metrics.compute_time_s, metrics.stall_time_s, stalls = timer.finish()
             per_layer.stall_s = [a + b for a, b in zip(per_layer.stall_s, stalls)]
+        self._add_counts(accesses, hits, tally)
+
+    def judge_curve(self, curve: HitCurve) -> None:
+        """The hit-rate-only replay of a plain cache whose policy's hits at every size are in `curve` (the same
+        trace's, simulator.stack_distance): each layer's hits read at its capacity, without reading the trace."""
+        cache = self.cache
+        if (curve.policy, curve.scope) != (cache.curve_policy(), cache.scope) or len(curve.hits) != self.model.moe_layers:
+            raise RuntimeError(f"a {curve.policy} {curve.scope} curve cannot replay this cache")
+        layers = np.arange(self.model.moe_layers)
+        slots = np.array(cache.capacities if cache.scope == "layer" else cache.capacities * len(layers))
+        tally = RowTally()
+        tally.tokens, tally.sequences, tally.layer_steps = curve.tokens, curve.sequences, curve.layer_steps
+        self._add_counts(curve.accesses, curve.hits[layers, slots], tally)
+
+    def _add_counts(self, accesses: np.ndarray, hits: np.ndarray, tally: RowTally) -> None:
+        """Add a judged stretch's per-layer accesses and hits and its rows' counts to the metrics."""
+        metrics, per_layer = self.metrics, self.metrics.per_layer
+        metrics.tokens += tally.tokens
+        metrics.sequences += tally.sequences
+        metrics.layer_steps += tally.layer_steps
         misses = accesses - hits
         per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
         per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]

@@ -24,8 +24,9 @@ written so far leaves (never more than its configured size), evicting by its pol
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
+from itertools import chain
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,9 +131,14 @@ def serve(
     memory: MemoryHierarchy | None = None,
     timeline: tuple[int, int] | None = None,
     placement: Placement | None = None,
+    compiled: bool = True,
 ) -> Metrics:
     """Serve `requests` (each a sequence of the trace) through `cache` with continuous batching; timed if `timing`
-    is given, else hit rate only (then every request must arrive at 0). See the module docstring."""
+    is given, else hit rate only (then every request must arrive at 0). See the module docstring.
+
+    Hit rate only, a plain cache (simulator.replay's `_Replay.plain`) with static KV memory whose policy has a
+    compiled twin has its steps judged by the twin, a block of steps at a time (`compiled=False`: by the Python
+    policies); the scheduler still forms every iteration."""
     if cache.offline:
         raise InputError(f"policy={_name(cache.policies[0])}: an offline policy needs the exact key stream before the "
                          "replay, which batching forms as it runs; serve it token by token (serve=none)")
@@ -150,9 +156,15 @@ def serve(
         timing = Timing(costs, timing.h2d, BatchCosts(Roofline(costs.expert_s, 0.0, 0.0), Roofline(costs.non_expert_s, 0.0, 0.0)))
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
     server = _Server(run, requests, scheduler, limits, kv)
+    if timing is None and compiled and run.plain() and kv.mode == "static":
+        twin = cache.compiled()
+        if twin is not None:
+            server.judged = _TwinSteps(run, twin)
     if timing is None:
         for _ in server.steps():
             pass
+        if server.judged is not None:
+            server.judged.flush()
     else:
         env = simpy.Environment()
         env.process(run.clocked(env, server.steps()))
@@ -178,6 +190,8 @@ class _Server:
         self.instances = len(cache.capacities)  # policy instances: one per MoE layer, or one global
         self.log: list[tuple] = []
         """One row per iteration (ITERATION_COLUMNS)."""
+        self.judged: _TwinSteps | None = None
+        """Where the iterations' layer steps go when a compiled twin judges them (else `_Replay._layer_step`)."""
 
     # -- KV memory -----------------------------------------------------------------------------------------------
 
@@ -267,6 +281,9 @@ class _Server:
         if run.window is not None:
             run._record_token(metrics.tokens)
         metrics.tokens += len(rows)
+        if self.judged is not None:
+            yield from self.judged.iteration(rows)
+            return
         if len(rows) == 1:  # one token: the token-by-token step, its context costed
             request, token, context = rows[0]
             if prefetcher is not None:
@@ -314,6 +331,80 @@ class _Server:
     def request_row(r: Request) -> tuple:
         queued = r.admitted_s - r.arrival_s if r.admitted_s is not None else None
         return (r.sequence, r.arrival_s, r.first_token_s, r.finish_s, r.prompt_tokens, r.output_tokens, queued)
+
+
+class _TwinSteps:
+    """The layer steps of hit-rate-only iterations, judged by the cache policy's compiled twin a block at a time; the
+    counts `_Replay._layer_step` keeps (each expert of U judged once, its hit counted for every row it serves)."""
+
+    BLOCK = 1 << 14
+    """Layer steps gathered before the twin judges them."""
+
+    def __init__(self, run: _Replay, twin):
+        self.run, self.twin = run, twin
+        self.layers: list[int] = []
+        self.experts: list[list[int]] = []
+        self.counts: list[list[int]] = []
+
+    def iteration(self, rows: list[tuple[Request, Token, int]]) -> Iterator[float]:
+        """One iteration's steps, layer by layer (as `_Server._iteration` forms them); yields at each."""
+        if len(rows) == 1:
+            token = rows[0][1]
+            for layer, experts in zip(token.layers, token.experts):
+                self._add(layer, experts, [1] * len(experts))
+                yield self.run.now
+            return
+        by_layer: dict[int, Counter] = {}  # layer -> U in first-appearance order, with the rows per expert
+        for _, token, _ in rows:
+            for layer, experts in zip(token.layers, token.experts):
+                counts = by_layer.get(layer)
+                if counts is None:
+                    by_layer[layer] = Counter(experts)
+                else:
+                    counts.update(experts)
+        for layer in sorted(by_layer):
+            counts = by_layer[layer]
+            self._add(layer, list(counts), list(counts.values()))
+            yield self.run.now
+
+    def _add(self, layer: int, experts: list[int], counts: list[int]) -> None:
+        self.layers.append(layer)
+        self.experts.append(experts)
+        self.counts.append(counts)
+        if len(self.layers) >= self.BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Judge the gathered steps and add their counts to the replay's metrics."""
+        steps = len(self.layers)
+        if not steps:
+            return
+        lengths = np.fromiter(map(len, self.experts), dtype=np.int64, count=steps)
+        row = np.repeat(np.arange(steps), lengths)
+        column = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        experts = np.full((steps, int(lengths.max())), -1, dtype=np.int16)
+        counts = np.zeros(experts.shape, dtype=np.int64)
+        experts[row, column] = np.fromiter(chain.from_iterable(self.experts), dtype=np.int16, count=len(row))
+        counts[row, column] = np.fromiter(chain.from_iterable(self.counts), dtype=np.int64, count=len(row))
+        layer = np.array(self.layers, dtype=np.int16)
+        self.layers, self.experts, self.counts = [], [], []
+        hit = np.zeros(experts.shape, dtype=np.bool_)
+        if self.twin.judge(layer, experts, hit) >= 0:
+            raise RuntimeError("every evictable resident expert is protected")
+        run = self.run
+        metrics, per_layer, moe_layers = run.metrics, run.metrics.per_layer, run.model.moe_layers
+        valid = experts >= 0
+        missed = valid & ~hit
+        accesses = np.bincount(layer, weights=counts.sum(axis=1), minlength=moe_layers)
+        hits = np.bincount(layer, weights=(counts * hit).sum(axis=1), minlength=moe_layers)
+        misses = np.bincount(layer, weights=missed.sum(axis=1), minlength=moe_layers)
+        per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
+        per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]
+        per_layer.bytes_h2d = [a + int(m) * run.expert_bytes for a, m in zip(per_layer.bytes_h2d, misses)]
+        metrics.expert_lookups += int(valid.sum())
+        metrics.expert_hits += int(hit.sum())
+        metrics.expert_loads += int(missed.sum())
+        metrics.layer_steps += steps
 
 
 def poisson_arrivals(sequences: list[int], rate_rps: float, seed: int) -> dict[int, float]:

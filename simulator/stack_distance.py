@@ -46,7 +46,7 @@ import numpy as np
 from simulator.cache import SCOPES
 from simulator.errors import InputError
 from simulator.model import MoEModel
-from simulator.trace_rows import TraceChunk
+from simulator.trace_rows import RowTally, TraceChunk
 
 POLICIES = ("lru", "belady")
 NEVER = np.iinfo(np.int64).max
@@ -338,6 +338,10 @@ class HitCurve:
     hits: np.ndarray
     """hits[layer, c], c = 0 .. experts per layer (scope layer) or all experts (scope global)."""
     top_k: int
+    tokens: int
+    sequences: int
+    layer_steps: int
+    """The trace's counts, which a replay read from the curve reports (simulator.replay)."""
 
     @property
     def capacities(self) -> list[int]:
@@ -358,15 +362,21 @@ def hit_curve(chunks: Iterable[TraceChunk], model: MoEModel, scope: str, policy:
     future, so it gathers the rows first, as a Belady replay does)."""
     if policy not in POLICIES:
         raise InputError(f"policy: {policy!r} has no one-pass curve (known: {', '.join(POLICIES)})")
+    tally = RowTally()
     if policy == "lru":
         stack = LRUStack(model, scope)
         for chunk in chunks:
+            tally.add(chunk)
             stack.add(chunk.layer, chunk.experts)
     else:
         stack = OPTStack(model, scope)
-        parts = [(chunk.layer, chunk.experts) for chunk in chunks]
+        parts = []
+        for chunk in chunks:
+            tally.add(chunk)
+            parts.append((chunk.layer, chunk.experts))
         if parts:
             layers = np.concatenate([p[0] for p in parts])
             experts = np.concatenate([p[1] for p in parts])
             stack.add(layers, experts, next_uses(layers, experts, model))
-    return HitCurve(policy, scope, stack.accesses(), stack.hits(), model.top_k)
+    return HitCurve(policy, scope, stack.accesses(), stack.hits(), model.top_k, tally.tokens, tally.sequences,
+                    tally.layer_steps)

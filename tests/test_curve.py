@@ -5,6 +5,8 @@ hypothesis' random traces; the CLI writes the JSON or refuses in one line; the f
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,61 @@ def test_the_figure_is_drawn(tmp_path):
         assert cli.main(["curve", str(DEFAULT_TRACE), "--policy", policy, "--json", str(files[-1])]) == 0
     paths = hit_rate_curves(files, tmp_path / "figures")
     assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.stat().st_size > 0 for p in paths)
+
+
+def replay_document(trace: TraceChunk, model: MoEModel, policy: str, scope: str, capacity, curve) -> str:
+    """Everything a hit-rate-only replay reports (summary and per-layer table), as text, replayed or read from `curve`."""
+    cache = ExpertCache(lambda c: POLICY_CLASSES[policy](c), capacity, scope, model)
+    if cache.offline:
+        cache.prepare(trace.sequence, trace.layer, trace.experts)
+    curves = None if curve is None else (lambda p, s: curve if (p, s) == (policy, scope) else pytest.fail((p, s)))
+    metrics = replay(chunked(trace, 1 << 12), cache, None, curves=curves)
+    return json.dumps(metrics.summary(), sort_keys=True) + repr(metrics.layer_table())
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_CLASSES))
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_a_replay_read_from_the_curve_reports_what_the_replay_reports(policy, scope):
+    trace, model = head(DEFAULT_TRACE, 12_000)
+    curve = hit_curve(chunked(trace, 5_000), model, scope, policy)
+    sizes = [6, 16, 64] if scope == "layer" else [6, 200, model.total_experts]
+    if scope == "layer":
+        sizes.append([6 + layer % 40 for layer in range(model.moe_layers)])  # per-layer sizes (AdapMoE's sizing)
+    for capacity in sizes:
+        assert replay_document(trace, model, policy, scope, capacity, curve) == \
+            replay_document(trace, model, policy, scope, capacity, None), capacity
+
+
+def test_a_curve_serves_only_the_exact_class_and_a_plain_hit_rate_only_replay():
+    trace, model = head(DEFAULT_TRACE, 2_000)
+
+    class MyLRU(LRUCache):  # a user's subclass may decide otherwise: it is replayed
+        pass
+
+    def refuse(policy, scope):
+        raise AssertionError("the curve was asked for")
+
+    for make, timing in ((MyLRU, None), (LRUCache, "timed")):
+        cache = ExpertCache(make, 16, "layer", model)
+        assert cache.curve_policy() == ("lru" if make is LRUCache else "")
+        if timing:
+            from experiments.benchmark import TIMING as timing  # any machine: a timed replay replays
+        replay(chunked(trace, 500), cache, timing, curves=refuse)
+
+
+def test_a_sweep_computes_each_curve_once_and_its_jobs_report_what_replays_report(tmp_path):
+    """Four hit-rate-only jobs of one policy and trace: one curve file; the figures equal `replay.curves=false`'s."""
+    def sweep(out, *extra):
+        subprocess.run([sys.executable, "-c", "from experiments.app import main; main()", "-m", "cache.capacity=6,16",
+                        "policy=lru,fifo",
+                        "replay.timed=false", "replay.progress=false", f"hydra.sweep.dir={out}", *extra],
+                       check=True, capture_output=True, cwd=Path(__file__).parents[1])
+        return {p.parent.name.replace(",replay.curves=False", ""): json.loads(p.read_text())
+                for p in Path(out).glob("*/metrics.json")}
+
+    shared, alone = sweep(tmp_path / "a"), sweep(tmp_path / "b", "replay.curves=false")
+    assert [p.name for p in (tmp_path / "a").glob(".curves/*/*.npz")] == ["26x64-top6-lru-layer.npz"]
+    assert not list((tmp_path / "b").glob(".curves"))
+    for document in (*shared.values(), *alone.values()):
+        document["config"]["replay"].pop("curves")
+    assert shared == alone and len(shared) == 4

@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="the prompt field of JSONL or table prompts (default text)")
     p.add_argument("--limit", type=int, help="record at most this many prompts")
     p.add_argument("--allow-download", action="store_true", help="let transformers download the model (default: local files only)")
+    p.add_argument("--candidates", type=int, default=0, metavar="R",
+                   help="also keep the router's R runners-up and every candidate's router probability per row "
+                        "(columns candidates, candidate_scores; for routing=cache-aware; default 0: none)")
     p.set_defaults(run=_record)
     return parser
 
@@ -221,7 +224,8 @@ def _record(args) -> None:
     device = record.resolve_device(args.device)
     model, tokenizer = record.load_pretrained(args.model, args.dtype, args.allow_download)
     summary = record.record(model, tokenizer, prompts, output, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            device=device, provenance={"prompts_file": str(args.prompts), "model_argument": args.model})
+                            device=device, provenance={"prompts_file": str(args.prompts), "model_argument": args.model},
+                            candidates=args.candidates)
     print(f"wrote {summary.path}: {summary.rows:,} rows, {summary.sequences:,} sequence(s), {summary.tokens:,} tokens "
           f"({summary.prefill_tokens:,} prefill, {summary.decode_tokens:,} decode; {summary.model.name}, "
           f"{summary.model.moe_layers} MoE layers × {summary.model.experts_per_layer} experts, top-{summary.model.top_k}) "

@@ -9,6 +9,12 @@ Columns (see README "Trace format"):
   token_id  int32                 optional vocabulary id of the token
   phase     dictionary<string>    optional "prefill" or "decode"
   pred_<name> list<int16>         optional predicted experts for this (token, layer), e.g. a learned predictor
+  candidates  fixed_size_list<int16>[n]    optional, with candidate_scores: the router's top-n (n = top_k + r)
+                                  experts: the first top_k are `experts` exactly, then the r best-scoring others
+                                  in descending score; -1 = none. What cache-aware routing picks from.
+  candidate_scores fixed_size_list<float32>[n]  each candidate's router probability: the softmax of the router's
+                                  logits over all experts, before any top-k renormalisation or scaling (so scores
+                                  of different rows and models are in the same units, unlike `weights`)
 
 Model metadata (an `MoEModel`, the original layer numbers of the MoE layers, provenance) travels as JSON in the
 Parquet schema metadata under the key `moe_offload_sim`. Readers stream record batches, so replay memory is bounded
@@ -40,6 +46,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"moe_offload_sim"
 PREDICTION_PREFIX = "pred_"
 REQUIRED_COLUMNS = ("sequence", "token", "layer", "experts")
+CANDIDATE_COLUMNS = ("candidates", "candidate_scores")
 
 _ONE_BATCH: dict[tuple, list[TraceChunk]] = {}
 """The last trace read that fits one batch, by file identity and columns: a sweep's next job in the same process
@@ -121,7 +128,9 @@ class TraceMeta:
         ).encode()
 
 
-def trace_schema(meta: TraceMeta, *, weights: bool, token_id: bool, phase: bool, predictions: list[str]) -> pa.Schema:
+def trace_schema(meta: TraceMeta, *, weights: bool, token_id: bool, phase: bool, predictions: list[str],
+                 candidates: int = 0) -> pa.Schema:
+    """The columns of a trace; `candidates` > 0 adds the candidates pair, that many per row."""
     k = meta.model.top_k
     fields = [
         pa.field("sequence", pa.int32(), nullable=False),
@@ -136,6 +145,9 @@ def trace_schema(meta: TraceMeta, *, weights: bool, token_id: bool, phase: bool,
     if phase:
         fields.append(pa.field("phase", pa.dictionary(pa.int8(), pa.string())))
     fields += [pa.field(PREDICTION_PREFIX + name, pa.list_(pa.int16())) for name in predictions]
+    if candidates:
+        fields += [pa.field("candidates", pa.list_(pa.int16(), candidates)),
+                   pa.field("candidate_scores", pa.list_(pa.float32(), candidates))]
     return pa.schema(fields, metadata={METADATA_KEY: meta.to_json()})
 
 
@@ -151,10 +163,13 @@ class TraceWriter:
         token_id: bool = False,
         phase: bool = False,
         predictions: list[str] = (),
+        candidates: int = 0,
     ):
         self.path = Path(path)
         self.meta = meta
-        self.schema = trace_schema(meta, weights=weights, token_id=token_id, phase=phase, predictions=list(predictions))
+        self.schema = trace_schema(meta, weights=weights, token_id=token_id, phase=phase, predictions=list(predictions),
+                                   candidates=candidates)
+        self.candidates = candidates
         self._file = AtomicFile(self.path)
         self._writer = pq.ParquetWriter(self._file.tmp, self.schema, compression="zstd")
         self.rows = 0
@@ -181,6 +196,12 @@ class TraceWriter:
         for name in names:
             if name.startswith(PREDICTION_PREFIX):
                 cols[name] = pa.array(chunk.predictions[name[len(PREDICTION_PREFIX):]], type=pa.list_(pa.int16()))
+        if self.candidates:
+            n_c = self.candidates
+            ids = np.ascontiguousarray(chunk.candidates, dtype=np.int16).reshape(n, n_c)
+            scores = np.ascontiguousarray(chunk.candidate_scores, dtype=np.float32).reshape(n, n_c)
+            cols["candidates"] = pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), n_c)
+            cols["candidate_scores"] = pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), n_c)
         self._writer.write_table(pa.table(cols, schema=self.schema))
         self.rows += n
 
@@ -234,6 +255,26 @@ class TraceFile:
         self.has_weights = "weights" in schema.names
         self.has_token_id = "token_id" in schema.names
         self.has_phase = "phase" in schema.names
+        self.candidates = self._candidate_width(schema, model.top_k)
+        """Candidates per row (top_k + r) where the trace has the candidates pair, else 0."""
+
+    def _candidate_width(self, schema: pa.Schema, top_k: int) -> int:
+        present = [name for name in CANDIDATE_COLUMNS if name in schema.names]
+        if not present:
+            return 0
+        if len(present) == 1:
+            other = next(name for name in CANDIDATE_COLUMNS if name not in present)
+            raise InputError(f"{self.path}: column '{present[0]}' has no '{other}' beside it (they go as a pair)")
+        widths = []
+        for name, kind in zip(CANDIDATE_COLUMNS, ("int16", "float32")):
+            t = schema.field(name).type
+            if not pa.types.is_fixed_size_list(t) or t.list_size < top_k:
+                raise InputError(f"{self.path}: column '{name}' has type {t}, expected fixed_size_list of at least "
+                                 f"top_k={top_k} {kind}")
+            widths.append(t.list_size)
+        if widths[0] != widths[1]:
+            raise InputError(f"{self.path}: column 'candidate_scores' holds {widths[1]} per row, 'candidates' {widths[0]}")
+        return widths[0]
 
     @property
     def num_rows(self) -> int:
@@ -272,10 +313,10 @@ class TraceFile:
 
     def chunks(
         self, *, batch_rows: int = 1 << 16, predictions: list[str] = (), extras: bool = False, weights: bool = False,
-        token_ids: bool = False,
+        token_ids: bool = False, candidates: bool = False,
     ) -> Iterator[TraceChunk]:
         """Stream the trace in row order. `weights` adds gate weights, `token_ids` token ids, `extras` weights, token
-        ids and phase, where present."""
+        ids and phase, where present; `candidates` the candidates pair, which the trace must have."""
         for name in predictions:
             if name not in self.prediction_columns:
                 raise InputError(f"{self.path}: prediction column '{PREDICTION_PREFIX}{name}' is missing (has: {self.prediction_columns})")
@@ -283,6 +324,11 @@ class TraceFile:
         wanted = (("weights", weights or extras, self.has_weights), ("token_id", token_ids or extras, self.has_token_id),
                   ("phase", extras, self.has_phase))
         columns += [c for c, asked, present in wanted if asked and present]
+        if candidates:
+            if not self.candidates:
+                raise InputError(f"{self.path}: columns 'candidates' and 'candidate_scores' are missing (record them "
+                                 "with moe-trace record --candidates R)")
+            columns += CANDIDATE_COLUMNS
         if self.num_rows > batch_rows:
             yield from self._read(batch_rows, columns, predictions)
             return
@@ -292,7 +338,7 @@ class TraceFile:
             chunks = list(self._read(batch_rows, columns, predictions))
             for chunk in chunks:  # shared by the jobs to come: none may change another's input
                 for array in (chunk.sequence, chunk.token, chunk.layer, chunk.experts, chunk.weights, chunk.token_id,
-                              chunk.phase):
+                              chunk.phase, chunk.candidates, chunk.candidate_scores):
                     if array is not None:
                         array.setflags(write=False)
             _ONE_BATCH.clear()
@@ -336,6 +382,12 @@ class TraceFile:
         if "phase" in names:
             phase = get("phase")
             chunk.phase = np.array([PHASES.index(p) for p in phase.to_pylist()], dtype=np.int8)
+        if "candidates" in names:
+            for name in CANDIDATE_COLUMNS:
+                if get(name).null_count or get(name).flatten().null_count:
+                    raise InputError(f"{self.path}: column '{name}' has null values")
+            chunk.candidates = get("candidates").flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False).reshape(-1, self.candidates)
+            chunk.candidate_scores = get("candidate_scores").flatten().to_numpy(zero_copy_only=False).reshape(-1, self.candidates)
         return chunk
 
     def _check(self, chunk: TraceChunk, row0: int, last):
@@ -351,17 +403,14 @@ class TraceFile:
         if bad.size:
             fail("layer", bad[0], chunk.layer[bad[0]], f"is outside 0..{model.moe_layers - 1}")
         e = chunk.experts
-        bad = np.flatnonzero(((e < -1) | (e >= model.experts_per_layer)).any(axis=1))
-        if bad.size:
-            fail("experts", bad[0], e[bad[0]].tolist(), f"has an id outside 0..{model.experts_per_layer - 1} (experts_per_layer={model.experts_per_layer})")
-        s = np.sort(e, axis=1)
-        bad = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))
-        if bad.size:
-            fail("experts", bad[0], e[bad[0]].tolist(), "repeats an expert")
+        if (fault := _id_fault(e, model.experts_per_layer)) is not None:
+            fail("experts", fault[0], e[fault[0]].tolist(), fault[1])
         for name, rows in chunk.predictions.items():
             for i, ids in enumerate(rows):
                 if ids is not None and any(x < 0 or x >= model.experts_per_layer for x in ids):
                     fail(PREDICTION_PREFIX + name, i, ids, f"has an id outside 0..{model.experts_per_layer - 1}")
+        if chunk.candidates is not None:
+            self._check_candidates(chunk, fail)
         # Rows must be strictly increasing in (sequence, token, layer), across chunk boundaries too.
         seq = chunk.sequence.astype(np.int64)
         tok = chunk.token.astype(np.int64)
@@ -379,6 +428,32 @@ class TraceFile:
             fail("sequence/token/layer", i - off, (int(seq[i]), int(tok[i]), int(lay[i])),
                  f"is not after the previous row {(int(seq[i - 1]), int(tok[i - 1]), int(lay[i - 1]))} (rows must be sorted)")
         return int(chunk.sequence[-1]), int(chunk.token[-1]), int(chunk.layer[-1])
+
+
+    def _check_candidates(self, chunk: TraceChunk, fail) -> None:
+        """The candidates name experts of the model, none twice, the routed ones first; their scores are numbers."""
+        model = self.meta.model
+        c, k = chunk.candidates, model.top_k
+        if (fault := _id_fault(c, model.experts_per_layer)) is not None:
+            fail("candidates", fault[0], c[fault[0]].tolist(), fault[1])
+        bad = np.flatnonzero((c[:, :k] != chunk.experts).any(axis=1))
+        if bad.size:
+            fail("candidates", bad[0], c[bad[0]].tolist(), f"does not begin with the routed experts {chunk.experts[bad[0]].tolist()}")
+        bad = np.flatnonzero(~np.isfinite(chunk.candidate_scores).all(axis=1))
+        if bad.size:
+            fail("candidate_scores", bad[0], chunk.candidate_scores[bad[0]].tolist(), "is not finite")
+
+
+def _id_fault(ids: np.ndarray, experts: int) -> tuple[int, str] | None:
+    """The first row of expert ids [rows, n] (-1: none) naming an expert outside the model or one twice, and why."""
+    bad = np.flatnonzero(((ids < -1) | (ids >= experts)).any(axis=1))
+    if bad.size:
+        return int(bad[0]), f"has an id outside 0..{experts - 1} (experts_per_layer={experts})"
+    s = np.sort(ids, axis=1)
+    bad = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))
+    if bad.size:
+        return int(bad[0]), "repeats an expert"
+    return None
 
 
 def _first_line(err: BaseException) -> str:

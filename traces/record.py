@@ -10,6 +10,13 @@ The model generates greedily from each prompt while forward hooks listen:
     weights exactly as it returned them (never re-derived from logits: DeepSeek-V3's grouped top-k with score
     correction differs from top-k of the logits). Positions the attention mask marks as padding are dropped.
   - a forward hook on the decoder layer before each MoE layer computes the speculative next-layer prediction.
+  - with `candidates` = r > 0, the router hook also keeps the router's runners-up for cache-aware routing: columns
+    `candidates` (the routed ids in router order, then the r experts of highest softmax probability among the others)
+    and `candidate_scores` (the softmax of the router's logits over all experts at those ids). The softmax is the
+    probability Mixtral, Qwen, OLMoE and DeepSeek-V2 route by, taken before their top-k renormalisation or scaling;
+    for routers that score otherwise (DeepSeek-V3's sigmoid with group limits, GPT-OSS's softmax over the top-k
+    logits) it is the same ranking of the logits in common units, and a runner-up may lie outside a group the router
+    allowed.
 
 Routers are found by module path and class name (transformers 5: `…layers.<i>.mlp.gate` or `…layers.<i>.mlp.router`,
 a class whose name ends in `Router`), which covers Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GPT-OSS and
@@ -169,6 +176,7 @@ def record(
     *,
     progress: bool = True,
     provenance: dict | None = None,
+    candidates: int = 0,
 ) -> RecordSummary:
     """Generate from `prompts` with `model` and write the routing trace to `output` (atomically).
 
@@ -181,6 +189,7 @@ def record(
         batch_size: prompts per generate() call, left-padded to the longest.
         device: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", "cuda" or "cuda:N".
         provenance: extra provenance entries (e.g. where the prompts came from).
+        candidates: runners-up r kept per row beyond the top-k (0: no candidates columns).
     """
     if max_new_tokens < 1:
         raise InputError(f"record: max_new_tokens {max_new_tokens} must be at least 1")
@@ -194,15 +203,21 @@ def record(
     model.eval()
     layers = find_moe_layers(model)
     shape = describe_model(model, layers)
+    if not 0 <= candidates <= shape.experts_per_layer - shape.top_k:
+        raise InputError(f"record: candidates {candidates} must be 0..{shape.experts_per_layer - shape.top_k} (experts "
+                         f"{shape.experts_per_layer} less top_k {shape.top_k})")
     token_lists = [_token_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
     pad_id = _pad_id(model, tokenizer)
     eos_ids = _eos_ids(model)
     speculative = all(l.norm is not None for l in layers)
     meta = TraceMeta(model=shape, moe_layer_ids=[l.layer_id for l in layers], provenance={
         **_provenance(model, layers, device, max_new_tokens, batch_size, len(prompts), eos_ids, speculative),
+        **({"candidates": f"top_k + {candidates} per row: the routed ids in router order, then the {candidates} others "
+                          "of highest softmax(router logits); candidate_scores: softmax(router logits) over all "
+                          "experts at those ids"} if candidates else {}),
         **(provenance or {}),
     })
-    capture = _Capture(layers, eos_ids, speculative)
+    capture = _Capture(layers, eos_ids, speculative, candidates)
     counts = {PREFILL: 0, DECODE: 0}
 
     def chunks() -> Iterator[TraceChunk]:
@@ -227,7 +242,8 @@ def record(
     handles = capture.attach(model)
     try:
         rows, sequences, tokens = write_chunks(output, meta, chunks(), weights=True, token_id=True, phase=True,
-                                               predictions=[SPECULATIVE] if speculative else [])
+                                               predictions=[SPECULATIVE] if speculative else [],
+                                               candidates=shape.top_k + candidates if candidates else 0)
     finally:
         for handle in handles:
             handle.remove()
@@ -278,15 +294,18 @@ class _Step:
     ids: list = field(default_factory=list)
     weights: list = field(default_factory=list)
     predicted: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
 
 
 class _Capture:
     """The hooks and what they gather for the batch being generated."""
 
-    def __init__(self, layers: list[MoELayer], eos_ids: list[int], speculative: bool):
+    def __init__(self, layers: list[MoELayer], eos_ids: list[int], speculative: bool, candidates: int = 0):
         self.layers = layers
         self.eos_ids = eos_ids
         self.speculative = speculative
+        self.candidates = candidates
         self.steps: list[_Step] = []
         self.mask: torch.Tensor | None = None
         self.done: torch.Tensor | None = None
@@ -323,7 +342,7 @@ class _Capture:
             self.done |= ended
             real = real & ~self.done[:, None]
         n = len(self.layers)
-        self.steps.append(_Step(real, positions, ids, [None] * n, [None] * n, [None] * n))
+        self.steps.append(_Step(real, positions, ids, [None] * n, [None] * n, [None] * n, [None] * n, [None] * n))
 
     def _router_hook(self, j: int):
         def hook(module, args, output):
@@ -333,6 +352,13 @@ class _Capture:
             _, weights, ids = output[:3]
             step.ids[j] = self._per_token(ids, step, j).to(torch.int32)
             step.weights[j] = self._per_token(weights, step, j).float()
+            if self.candidates:
+                probs = self._per_token(output[0], step, j).float().softmax(dim=-1)
+                routed = step.ids[j].long()
+                runners = probs.scatter(-1, routed, -1.0).topk(self.candidates, dim=-1).indices  # routed ones left out
+                ids = torch.cat([routed, runners], dim=-1)
+                step.candidates[j] = ids.to(torch.int32)
+                step.scores[j] = probs.gather(-1, ids)
         return hook
 
     def _speculative_hook(self, j: int):
@@ -377,6 +403,8 @@ class _Capture:
                 token_id=np.repeat(step.token_ids[b, t].numpy(), n_layers),
                 phase=np.full(rows, PREFILL if number == 0 else DECODE, dtype=np.int8),
                 predicted=None if predicted is None else predicted.reshape(rows, k).numpy(),
+                candidates=torch.stack(step.candidates, dim=2)[b, t].reshape(rows, -1).numpy() if self.candidates else None,
+                scores=torch.stack(step.scores, dim=2)[b, t].reshape(rows, -1).numpy() if self.candidates else None,
             ))
         cat = {key: None if parts[0][key] is None else np.concatenate([p[key] for p in parts]) for key in parts[0]}
         order = np.lexsort((cat["layer"], cat["token"], cat["sequence"]))
@@ -385,6 +413,8 @@ class _Capture:
             experts=cat["experts"][order], weights=cat["weights"][order], token_id=cat["token_id"][order],
             phase=cat["phase"][order],
         )
+        if self.candidates:
+            chunk.candidates, chunk.candidate_scores = cat["candidates"][order], cat["scores"][order]
         if cat["predicted"] is not None:
             predicted = cat["predicted"][order].tolist()
             chunk.predictions = {SPECULATIVE: [p if p[0] >= 0 else None for p in predicted]}

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, step_keys, tagged_lists
+from policies.compiled.lists import (
+    NOWHERE, move, oldest, oldest_unprotected, overfull_order, row_buffers, step_keys, tagged_lists
+)
 from simulator.compiled_policy import CompiledPolicy
 
 T1, T2, B1, B2 = 0, 1, 2, 3  # B1 = T1 + 2 and B2 = T2 + 2: a victim's ghost list
@@ -41,11 +43,18 @@ def _replace(nxt, prev, where, length, p, i, step, t1_full, ghost):
 
 @numba.njit(cache=True)
 def _judge(nxt, prev, where, length, p, capacity, instance, offset, layer, experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and (where[i, step[j]] == T1 or where[i, step[j]] == T2)
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             ghost = where[i, key]  # T1 or T2: resident; B1 or B2: the ghost list it comes back from

@@ -20,7 +20,7 @@ from simulator.compiled_policy import CompiledPolicy
 def _judge(next_use, starts, position, slots, where, size, capacity, instance, offset, layer, experts, hits):
     step = np.empty(experts.shape[1], dtype=np.int64)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
+        i, _ = step_keys(instance, offset, layer, experts, r, step)
         for j in range(step.shape[0]):
             key = step[j]
             if key < 0:

@@ -10,17 +10,24 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import in_step, step_keys
+from policies.compiled.lists import in_step, overfull_order, row_buffers, step_keys
 from simulator.compiled_policy import CompiledPolicy
 
 
 @numba.njit(cache=True)
 def _judge(count, entered, clock, slots, where, size, capacity, instance, offset, layer, experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and where[i, step[j]] >= 0
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             clock[i] += 1
@@ -31,16 +38,14 @@ def _judge(count, entered, clock, slots, where, size, capacity, instance, offset
                 continue
             while size[i] >= capacity[i]:
                 best = -1
-                for s in range(size[i]):
+                for s in range(size[i]):  # the least (count, entered) unprotected: entered is unique per key
                     candidate = slots[i, s]
-                    if in_step(step, candidate):
-                        continue
-                    if best < 0:
-                        best = s
-                        continue
-                    chosen = slots[i, best]
-                    if count[i, candidate] < count[i, chosen] or (
-                            count[i, candidate] == count[i, chosen] and entered[i, candidate] < entered[i, chosen]):
+                    if best >= 0:
+                        chosen = slots[i, best]
+                        if count[i, candidate] > count[i, chosen] or (
+                                count[i, candidate] == count[i, chosen] and entered[i, candidate] > entered[i, chosen]):
+                            continue
+                    if not in_step(step, candidate):  # tested only for a key that would be the best so far
                         best = s
                 if best < 0:
                     return r

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import append, empty_lists, first_unprotected, in_step, step_keys, unlink
+from policies.compiled.lists import (
+    append, empty_lists, first_unprotected, in_step, overfull_order, row_buffers, step_keys, unlink
+)
 from simulator.compiled_policy import CompiledPolicy
 
 OUT, HIR, LIR = 0, 1, 2  # a key's state: not resident, resident HIR (in Q), LIR
@@ -89,11 +91,18 @@ def _evict(snxt, sprev, qnxt, qprev, in_stack, state, lir_count, size, i, step):
 @numba.njit(cache=True)
 def _judge(snxt, sprev, qnxt, qprev, in_stack, state, lir_count, lir_size, size, capacity, instance, offset, layer,
            experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and state[i, step[j]] != OUT
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             if state[i, key] != OUT:  # LIRSCache.hit

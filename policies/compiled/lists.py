@@ -4,6 +4,11 @@ can compile.
 List i of `nxt`/`prev` ([instances, keyspace + 1]) is circular through its sentinel, index `keyspace`: nxt[i, S] is
 the oldest key, prev[i, S] the newest. This is the array form of the `OrderedDict` the Python classes keep in use
 order: append = insert at the end, `move_to_end` = unlink then append, iteration = walking nxt from the sentinel.
+
+The row helpers (`step_keys`, `overfull_order`, `row_buffers`) give every online twin's judge loop the two rules of
+`ExpertCache.access`: a row of any width (padded with -1) whose keys fit its instance's slots is judged key by key
+with all its keys protected; a row with more keys than slots (a batched step's U) as `_access_overfull` judges it:
+its resident keys are used first, then its misses admitted in order, with no resident key protected.
 """
 
 from __future__ import annotations
@@ -39,11 +44,42 @@ def unlink(nxt, prev, i, key):
 @numba.njit(cache=True, inline="always")
 def step_keys(instance, offset, layer, experts, r, step):
     """Fill `step` with the keys of row r's experts (-1 where none was recorded); returns the row's policy
-    instance (CompiledPolicy.judge's layout)."""
+    instance (CompiledPolicy.judge's layout) and how many keys the row has."""
     base = offset[layer[r]]
+    count = 0
     for j in range(experts.shape[1]):
-        step[j] = base + experts[r, j] if experts[r, j] >= 0 else -1
-    return instance[layer[r]]
+        if experts[r, j] >= 0:
+            step[j] = base + experts[r, j]
+            count += 1
+        else:
+            step[j] = -1
+    return instance[layer[r]], count
+
+
+@numba.njit(cache=True, inline="always")
+def overfull_order(step, before, order, ordered):
+    """Set a step with more keys than its cache has slots up as `ExpertCache._access_overfull` judges it: into
+    `order`, the positions of the keys resident before the step (`before`), then those of the missed keys, each in
+    step order, then the empty positions; into `ordered`, their keys (-1 for the empty ones). Then `step`, the keys an
+    admission must not evict, is emptied (all -1): the step protects no resident key, since the misses still to be
+    admitted are not resident (a step's keys are distinct) and the hits and earlier misses may be evicted."""
+    m = 0
+    for j in range(step.shape[0]):
+        if before[j]:
+            order[m] = j
+            m += 1
+    for j in range(step.shape[0]):
+        if step[j] >= 0 and not before[j]:
+            order[m] = j
+            m += 1
+    for j in range(step.shape[0]):
+        if step[j] < 0:
+            order[m] = j
+            m += 1
+    for t in range(step.shape[0]):
+        ordered[t] = step[order[t]]
+    for j in range(step.shape[0]):
+        step[j] = -1
 
 
 @numba.njit(cache=True)
@@ -112,3 +148,11 @@ def oldest_unprotected(nxt, where, i, lst, step):
     while key != sentinel and in_step(step, key):
         key = nxt[i, key]
     return key if key != sentinel else -1
+
+
+@numba.njit(cache=True, inline="always")
+def row_buffers(width):
+    """A judge loop's scratch arrays for rows of `width` positions: the row's keys (`step_keys`), and for an overfull
+    row the positions and keys in `overfull_order` and which keys were resident before the step."""
+    return (np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64),
+            np.zeros(width, dtype=np.bool_))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import in_step, step_keys
+from policies.compiled.lists import in_step, overfull_order, row_buffers, step_keys
 from simulator.compiled_policy import CompiledPolicy
 
 _N = 624
@@ -61,11 +61,18 @@ def _randbelow(mt, index, i, n):
 
 @numba.njit(cache=True)
 def _judge(mt, index, slots, where, size, capacity, instance, offset, layer, experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and where[i, step[j]] >= 0
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             if where[i, key] >= 0:

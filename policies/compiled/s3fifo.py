@@ -16,7 +16,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import NOWHERE, move, oldest, oldest_unprotected, step_keys, tagged_lists
+from policies.compiled.lists import (
+    NOWHERE, move, oldest, oldest_unprotected, overfull_order, row_buffers, step_keys, tagged_lists
+)
 from policies.s3fifo import MAX_USES
 from simulator.compiled_policy import CompiledPolicy
 
@@ -75,11 +77,18 @@ def _evict(nxt, prev, where, length, uses, evicted_before, main_size, threshold,
 @numba.njit(cache=True)
 def _judge(nxt, prev, where, length, uses, evicted_before, capacity, small_size, main_size, threshold, ghost_size,
            instance, offset, layer, experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and (where[i, step[j]] == SMALL or where[i, step[j]] == MAIN)
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             held = where[i, key]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from policies.compiled.lists import append, empty_lists, in_step, step_keys, unlink
+from policies.compiled.lists import append, empty_lists, in_step, overfull_order, row_buffers, step_keys, unlink
 from simulator.compiled_policy import CompiledPolicy
 
 
@@ -39,11 +39,18 @@ def _evict(nxt, prev, visited, resident, size, hand, i, step):
 
 @numba.njit(cache=True)
 def _judge(nxt, prev, visited, resident, size, hand, capacity, instance, offset, layer, experts, hits):
-    step = np.empty(experts.shape[1], dtype=np.int64)
+    width = experts.shape[1]
+    step, order, ordered, before = row_buffers(width)
     for r in range(experts.shape[0]):
-        i = step_keys(instance, offset, layer, experts, r, step)
-        for j in range(step.shape[0]):
-            key = step[j]
+        i, n_keys = step_keys(instance, offset, layer, experts, r, step)
+        overfull = n_keys > capacity[i]
+        if overfull:  # ExpertCache._access_overfull: the hits first, then the misses, none protected
+            for j in range(width):
+                before[j] = step[j] >= 0 and resident[i, step[j]]
+            overfull_order(step, before, order, ordered)
+        for t in range(width):
+            j = order[t] if overfull else t
+            key = ordered[t] if overfull else step[t]
             if key < 0:
                 continue
             if resident[i, key]:

@@ -95,6 +95,8 @@ def concat_chunks(chunks: list[TraceChunk]) -> TraceChunk:
         token_id=cat("token_id"),
         phase=cat("phase"),
         predictions={n: [ids for c in chunks for ids in c.predictions[n]] for n in names},
+        candidates=cat("candidates"),
+        candidate_scores=cat("candidate_scores"),
     )
 
 
