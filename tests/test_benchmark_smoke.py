@@ -73,9 +73,13 @@ def test_libcachesim_lru_matches_a_plain_lru(trace, tmp_path):
 
 def test_main_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bm.main(["--accesses", "5000", "--naive-accesses", "1000", "--repeats", "1", "--json", str(out)])
+    # the streamed file kept small and the 126-job sweep left out: test_streamed_replay_of_a_trace_file and
+    # tests/test_sweep*.py cover them; this test is about the table
+    bm.main(["--accesses", "5000", "--naive-accesses", "1000", "--repeats", "1", "--large-accesses", "30000",
+             "--no-sweep", "--json", str(out)])
     printed = capsys.readouterr().out
     assert "accesses/s" in printed and "naive SimPy" in printed
+    assert "issue 12's goals" in printed and "capacities from one curve" in printed and "126-job" in printed
     result = json.loads(out.read_text())
     assert result["checks"]["naive_vs_replay"]["hits_equal"]
     assert result["checks"]["naive_vs_replay"]["time_equal"]
