@@ -1,5 +1,5 @@
 """`moe-trace`: import public routing traces, record them from transformers models, generate synthetic ones, describe any
-trace, and draw its one-pass hit-rate curve.
+trace, draw its one-pass hit-rate curve, and train and score expert predictors (`prefetch=learned`).
 
 Every bad input ends the same way: one line `moe-trace: <file>: <field>: <value> ...` on stderr and exit status 2,
 never a traceback. Trace outputs appear complete or not at all (TraceWriter writes to a temporary file).
@@ -16,7 +16,9 @@ from pathlib import Path
 from simulator import stack_distance
 from simulator.cache import SCOPES
 from simulator.errors import InputError
+from simulator.expert_predictor import ExpertPredictor, Features, Training
 from traces import info as trace_info
+from traces import predictor_training
 from traces.format import TraceFile
 from traces.importers import IMPORTERS
 from traces.model_file import load_model
@@ -129,7 +131,48 @@ def _parser() -> argparse.ArgumentParser:
                    help="also keep the router's R runners-up and every candidate's router probability per row "
                         "(columns candidates, candidate_scores; for routing=cache-aware; default 0: none)")
     p.set_defaults(run=_record)
+
+    f, t = Features(), Training()
+    p = sub.add_parser("train-predictor", help="train an expert predictor on traces (one MLP per MoE layer), for prefetch=learned")
+    p.add_argument("--train", required=True, nargs="+", metavar="TRACE", help="training traces (our Parquet format, one model)")
+    p.add_argument("--out", required=True, metavar="PREDICTOR.json", help="the predictor file to write")
+    p.add_argument("--horizon", type=_whole(1), default=1, metavar="H", help="predict the next H layers (default 1)")
+    p.add_argument("--current-layers", type=_whole(0), default=f.current_layers, metavar="C",
+                   help=f"inputs: this token's last C routed layers (default {f.current_layers})")
+    p.add_argument("--previous-tokens", type=_whole(0), default=f.previous_tokens, metavar="P",
+                   help=f"inputs: the P previous tokens' experts at the predicted layers (default {f.previous_tokens})")
+    p.add_argument("--previous-at-current", action="store_true",
+                   help="inputs: the previous tokens' experts at this token's C input layers too")
+    p.add_argument("--no-history", dest="history", action="store_false",
+                   help="leave out the sequence's mean routing so far at the predicted layers")
+    p.add_argument("--hidden", type=_whole(1), default=t.hidden, help=f"hidden units per layer's MLP (default {t.hidden})")
+    p.add_argument("--epochs", type=_whole(1), default=t.epochs, help=f"passes over the tokens (default {t.epochs})")
+    p.add_argument("--batch-size", type=_whole(1), default=t.batch_size, help=f"tokens per Adam step (default {t.batch_size})")
+    p.add_argument("--learning-rate", type=float, default=t.learning_rate, help=f"Adam's step size (default {t.learning_rate})")
+    p.add_argument("--seed", type=int, default=t.seed, help=f"seeds initial weights and batch order (default {t.seed})")
+    p.set_defaults(run=_train_predictor)
+
+    p = sub.add_parser("eval-predictor", help="precision, recall, F1 and accuracy per layer of a predictor on a test trace")
+    p.add_argument("predictor", metavar="PREDICTOR.json")
+    p.add_argument("--test", required=True, metavar="TRACE", help="the test trace")
+    p.add_argument("--ahead", type=_whole(1), default=1, metavar="N",
+                   help="score layer l by its prediction N layers before (1: after layer l-1's router; default 1)")
+    p.add_argument("--recorded", metavar="COLUMN", help="also score the test trace's recorded predictions pred_COLUMN")
+    p.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
+    p.set_defaults(run=_eval_predictor)
     return parser
+
+
+def _whole(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+    return parse
 
 
 def _import(args) -> None:
@@ -230,6 +273,32 @@ def _record(args) -> None:
           f"({summary.prefill_tokens:,} prefill, {summary.decode_tokens:,} decode; {summary.model.name}, "
           f"{summary.model.moe_layers} MoE layers × {summary.model.experts_per_layer} experts, top-{summary.model.top_k}) "
           f"on {device} in {summary.seconds:.2f} s")
+
+
+def _train_predictor(args) -> None:
+    output = _output(args.out)
+    start = time.perf_counter()
+    features = Features(args.current_layers, args.previous_tokens, args.history, args.previous_at_current)
+    training = Training(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, seed=args.seed)
+    p = predictor_training.train_files(args.train, output, horizon=args.horizon, features=features, training=training)
+    print(f"wrote {output}: {p.model_name}, {p.moe_layers} MoE layers × {p.experts} experts, horizon {p.horizon}, "
+          f"{p.w1.shape[1]} inputs × {p.w1.shape[2]} hidden per layer, {args.epochs} epochs on {len(args.train)} "
+          f"trace(s) in {time.perf_counter() - start:.1f} s")
+
+
+def _eval_predictor(args) -> None:
+    predictor = ExpertPredictor.load(args.predictor)
+    scores = predictor_training.evaluate_predictor(predictor, args.test, ahead=args.ahead)
+    doc = {"predictor": args.predictor, "test": args.test, "ahead": args.ahead, "learned": scores.to_dict()}
+    print(predictor_training.format_scores(scores, f"{args.predictor} on {args.test}, top-{predictor.top_k} "
+                                                   f"{args.ahead} layer(s) ahead"))
+    if args.recorded:
+        recorded = predictor_training.evaluate_recorded(args.test, args.recorded)
+        doc["recorded"] = recorded.to_dict()
+        print(predictor_training.format_scores(recorded, f"recorded pred_{args.recorded} on {args.test}"))
+    if args.json:
+        predictor_training.write_scores(_output(args.json), doc)
 
 
 def _output(path: str) -> str:

@@ -12,6 +12,7 @@ PREFETCHERS = Registry("prefetch", {
     "transition": "policies.prefetchers.transition:TransitionPrefetcher",
     "eam": "policies.prefetchers.eam:EAMPrefetcher",
     "adaptive": "policies.prefetchers.adaptive:AdaptivePrefetcher",
+    "learned": "policies.prefetchers.learned:LearnedPrefetcher",
 })
 
 __all__ = ["PREFETCHERS", "FutureAccessError", "Prefetcher", "PrefetchView"]
