@@ -115,10 +115,7 @@ def replay(
         raise InputError(f"routing={_name(routing)}: policy={_name(cache.policies[0])} is offline (it is given the "
                          "recorded demand stream in advance, which re-routing changes as it runs); use an online policy")
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement, routing)
-    plain = run.plain()
-    if timing is not None:  # the compiled clock knows demand fetches on one serial link, and records no timeline
-        h2d = run.memory.h2d
-        plain = plain and timeline is None and h2d is not None and h2d.spec.sharing == "serial"
+    plain = run.plain() and (timing is None or run.compiled_clock())
     if timing is None and plain and curves is not None and cache.curve_policy():
         run.judge_curve(curves(cache.curve_policy(), cache.scope))
         return run.finish()
@@ -207,6 +204,23 @@ class _Replay:
         return (self.prefetcher is None and self.miss_handler is None and self.placement is None
                 and self.routing is None and not self.memory.on_nvme and not self.lookup
                 and not self.cache.uses_gate_weights)
+
+    def compiled_clock(self) -> bool:
+        """Whether the compiled clock (simulator.compiled_timing) can time this replay's plain steps: it knows demand
+        fetches on one serial link, and records no timeline."""
+        h2d = self.memory.h2d
+        return self.window is None and h2d is not None and h2d.spec.sharing == "serial"
+
+    def step_timer(self) -> StepTimer:
+        """The compiled clock, started from this replay's clock and link."""
+        metrics = self.metrics
+        return StepTimer(self.memory.h2d, self.now, metrics.compute_time_s, metrics.stall_time_s, self.model.moe_layers)
+
+    def take_clock(self, timer: StepTimer) -> None:
+        """Take back the clock, the times and the link from `timer` once its steps are timed."""
+        metrics, per_layer = self.metrics, self.metrics.per_layer
+        self.now, metrics.compute_time_s, metrics.stall_time_s, stalls = timer.finish()
+        per_layer.stall_s = [a + b for a, b in zip(per_layer.stall_s, stalls)]
 
     def clocked(self, env: simpy.Environment, ends: Iterable[float]):
         """The SimPy process: one timeout per layer step, to the step's end (`ends`: the steps' end times as
@@ -598,10 +612,8 @@ class _Replay:
         """The replay of a plain cache, one chunk at a time through the policy's compiled twin (and the compiled
         clock, if timed): the same figures as `steps` (one layer step per row, its recorded experts in router
         order)."""
-        metrics, model, timing = self.metrics, self.model, self.timing
-        timer = None
-        if timing is not None:
-            timer = StepTimer(self.memory.h2d, self.now, metrics.compute_time_s, metrics.stall_time_s, model.moe_layers)
+        model, timing = self.model, self.timing
+        timer = self.step_timer() if timing is not None else None
         layers = model.moe_layers
         accesses = np.zeros(layers, dtype=np.int64)
         hits = np.zeros(layers, dtype=np.int64)
@@ -622,10 +634,8 @@ class _Replay:
             if progress is not None:
                 progress(len(chunk))
         if timer is not None:
-            per_layer = self.metrics.per_layer
-            self.now, metrics.compute_time_s, metrics.stall_time_s, stalls = timer.finish()
-            per_layer.stall_s = [a + b for a, b in zip(per_layer.stall_s, stalls)]
-        self._add_counts(accesses, hits, tally)
+            self.take_clock(timer)
+        self.add_counts(accesses, hits, tally)
 
     def judge_curve(self, curve: HitCurve) -> None:
         """The hit-rate-only replay of a plain cache whose policy's hits at every size are in `curve` (the same
@@ -637,21 +647,25 @@ class _Replay:
         slots = np.array(cache.capacities if cache.scope == "layer" else cache.capacities * len(layers))
         tally = RowTally()
         tally.tokens, tally.sequences, tally.layer_steps = curve.tokens, curve.sequences, curve.layer_steps
-        self._add_counts(curve.accesses, curve.hits[layers, slots], tally)
+        self.add_counts(curve.accesses, curve.hits[layers, slots], tally)
 
-    def _add_counts(self, accesses: np.ndarray, hits: np.ndarray, tally: RowTally) -> None:
-        """Add a judged stretch's per-layer accesses and hits and its rows' counts to the metrics."""
+    def add_counts(self, accesses: np.ndarray, hits: np.ndarray, tally: RowTally,
+                   judged: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Add a judged stretch's per-layer accesses and hits and its rows' counts to the metrics. `judged`: the
+        per-layer (experts judged, of them resident) where a step's expert serves several rows (batched serving);
+        None: each access is one expert judged."""
         metrics, per_layer = self.metrics, self.metrics.per_layer
         metrics.tokens += tally.tokens
         metrics.sequences += tally.sequences
         metrics.layer_steps += tally.layer_steps
-        misses = accesses - hits
+        lookups, lookup_hits = judged if judged is not None else (accesses, hits)
+        loads = lookups - lookup_hits
         per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
         per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]
-        per_layer.bytes_h2d = [a + int(m) * self.expert_bytes for a, m in zip(per_layer.bytes_h2d, misses)]
-        metrics.expert_lookups += int(accesses.sum())
-        metrics.expert_hits += int(hits.sum())
-        metrics.expert_loads += int(misses.sum())
+        per_layer.bytes_h2d = [a + int(m) * self.expert_bytes for a, m in zip(per_layer.bytes_h2d, loads)]
+        metrics.expert_lookups += int(lookups.sum())
+        metrics.expert_hits += int(lookup_hits.sum())
+        metrics.expert_loads += int(loads.sum())
 
     # -- results -------------------------------------------------------------------------------------------------
 

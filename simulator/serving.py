@@ -44,7 +44,7 @@ from simulator.replay import Timing, _name, _Replay
 from simulator.requests import Request
 from simulator.scheduler import Scheduler, ServeLimits, ServeState
 from simulator.timeline import TimelineEvent
-from simulator.trace_rows import Token
+from simulator.trace_rows import RowTally, Token
 
 
 
@@ -136,9 +136,9 @@ def serve(
     """Serve `requests` (each a sequence of the trace) through `cache` with continuous batching; timed if `timing`
     is given, else hit rate only (then every request must arrive at 0). See the module docstring.
 
-    Hit rate only, a plain cache (simulator.replay's `_Replay.plain`) with static KV memory whose policy has a
-    compiled twin has its steps judged by the twin, a block of steps at a time (`compiled=False`: by the Python
-    policies); the scheduler still forms every iteration."""
+    A plain cache (simulator.replay's `_Replay.plain`; timed: one serial link, no timeline) with static KV memory
+    whose policy has a compiled twin has its steps judged by the twin, and timed by the compiled clock, with the same
+    figures (`compiled=False`: by the Python policies and SimPy); the scheduler still forms every iteration."""
     if cache.offline:
         raise InputError(f"policy={_name(cache.policies[0])}: an offline policy needs the exact key stream before the "
                          "replay, which batching forms as it runs; serve it token by token (serve=none)")
@@ -156,15 +156,15 @@ def serve(
         timing = Timing(costs, timing.h2d, BatchCosts(Roofline(costs.expert_s, 0.0, 0.0), Roofline(costs.non_expert_s, 0.0, 0.0)))
     run = _Replay(cache, timing, prefetcher, miss_handler, miss_costs, memory, timeline, placement)
     server = _Server(run, requests, scheduler, limits, kv)
-    if timing is None and compiled and run.plain() and kv.mode == "static":
+    if compiled and run.plain() and kv.mode == "static" and (timing is None or run.compiled_clock()):
         twin = cache.compiled()
         if twin is not None:
             server.judged = _TwinSteps(run, twin)
-    if timing is None:
+    if timing is None or server.judged is not None:  # the compiled clock needs no SimPy: it only carries step ends
         for _ in server.steps():
             pass
         if server.judged is not None:
-            server.judged.flush()
+            server.judged.finish()
     else:
         env = simpy.Environment()
         env.process(run.clocked(env, server.steps()))
@@ -282,7 +282,8 @@ class _Server:
             run._record_token(metrics.tokens)
         metrics.tokens += len(rows)
         if self.judged is not None:
-            yield from self.judged.iteration(rows)
+            self.judged.iteration(rows)
+            yield run.now
             return
         if len(rows) == 1:  # one token: the token-by-token step, its context costed
             request, token, context = rows[0]
@@ -334,48 +335,67 @@ class _Server:
 
 
 class _TwinSteps:
-    """The layer steps of hit-rate-only iterations, judged by the cache policy's compiled twin a block at a time; the
-    counts `_Replay._layer_step` keeps (each expert of U judged once, its hit counted for every row it serves)."""
+    """The layer steps of plain iterations, judged by the cache policy's compiled twin (and timed by the compiled
+    clock, if timed): the counts and times `_Replay._layer_step` gives (each expert of U judged once, its hit counted
+    for every row it serves; a one-row iteration costed as a token of the token-by-token replay). Hit rate only, the
+    steps are judged a block at a time; timed, an iteration at a time, since the next one's formation may read the
+    clock (arrivals, the scheduler)."""
 
     BLOCK = 1 << 14
-    """Layer steps gathered before the twin judges them."""
+    """Layer steps gathered before the twin judges them (hit rate only)."""
 
     def __init__(self, run: _Replay, twin):
         self.run, self.twin = run, twin
+        self.timer = run.step_timer() if run.timing is not None else None
         self.layers: list[int] = []
         self.experts: list[list[int]] = []
         self.counts: list[list[int]] = []
+        self.expert_s: list[list[float]] = []  # timed: each entry's compute time
+        self.non_expert_s: list[float] = []  # timed: each step's non-expert work
+        self.uniform: list[bool] = []  # timed: whether the step is a token's (see simulator.compiled_timing)
 
-    def iteration(self, rows: list[tuple[Request, Token, int]]) -> Iterator[float]:
-        """One iteration's steps, layer by layer (as `_Server._iteration` forms them); yields at each."""
+    def iteration(self, rows: list[tuple[Request, Token, int]]) -> None:
+        """Gather one iteration's steps, layer by layer (as `_Server._iteration` forms them)."""
+        run, timed = self.run, self.timer is not None
+        batch = run.timing.batch if timed else None
         if len(rows) == 1:
-            token = rows[0][1]
+            _, token, context = rows[0]
             for layer, experts in zip(token.layers, token.experts):
                 self._add(layer, experts, [1] * len(experts))
-                yield self.run.now
-            return
-        by_layer: dict[int, Counter] = {}  # layer -> U in first-appearance order, with the rows per expert
-        for _, token, _ in rows:
-            for layer, experts in zip(token.layers, token.experts):
-                counts = by_layer.get(layer)
-                if counts is None:
-                    by_layer[layer] = Counter(experts)
-                else:
-                    counts.update(experts)
-        for layer in sorted(by_layer):
-            counts = by_layer[layer]
-            self._add(layer, list(counts), list(counts.values()))
-            yield self.run.now
+                if timed:
+                    self.expert_s.append([run.timing.costs.expert_s] * len(experts))
+                    self.non_expert_s.append(batch.non_expert_s(1, context))
+                    self.uniform.append(True)
+        else:
+            by_layer: dict[int, Counter] = {}  # layer -> U in first-appearance order, with the rows per expert
+            contexts: dict[int, list[int]] = {}  # layer -> [rows, their context tokens]
+            for _, token, context in rows:
+                for layer, experts in zip(token.layers, token.experts):
+                    counts = by_layer.get(layer)
+                    if counts is None:
+                        by_layer[layer] = Counter(experts)
+                        contexts[layer] = [1, context]
+                    else:
+                        counts.update(experts)
+                        contexts[layer][0] += 1
+                        contexts[layer][1] += context
+            for layer in sorted(by_layer):
+                counts = by_layer[layer]
+                self._add(layer, list(counts), list(counts.values()))
+                if timed:
+                    self.expert_s.append([batch.expert_s(n) for n in counts.values()])
+                    self.non_expert_s.append(batch.non_expert_s(*contexts[layer]))
+                    self.uniform.append(False)
+        if timed or len(self.layers) >= self.BLOCK:
+            self.flush()
 
     def _add(self, layer: int, experts: list[int], counts: list[int]) -> None:
         self.layers.append(layer)
         self.experts.append(experts)
         self.counts.append(counts)
-        if len(self.layers) >= self.BLOCK:
-            self.flush()
 
     def flush(self) -> None:
-        """Judge the gathered steps and add their counts to the replay's metrics."""
+        """Judge (and time) the gathered steps and add their counts to the replay's metrics."""
         steps = len(self.layers)
         if not steps:
             return
@@ -387,24 +407,34 @@ class _TwinSteps:
         experts[row, column] = np.fromiter(chain.from_iterable(self.experts), dtype=np.int16, count=len(row))
         counts[row, column] = np.fromiter(chain.from_iterable(self.counts), dtype=np.int64, count=len(row))
         layer = np.array(self.layers, dtype=np.int16)
-        self.layers, self.experts, self.counts = [], [], []
         hit = np.zeros(experts.shape, dtype=np.bool_)
         if self.twin.judge(layer, experts, hit) >= 0:
             raise RuntimeError("every evictable resident expert is protected")
         run = self.run
-        metrics, per_layer, moe_layers = run.metrics, run.metrics.per_layer, run.model.moe_layers
+        if self.timer is not None:
+            expert_s = np.zeros(experts.shape)
+            expert_s[row, column] = np.fromiter(chain.from_iterable(self.expert_s), dtype=np.float64, count=len(row))
+            self.timer.now = run.now
+            self.timer.time(layer, experts, hit, self.non_expert_s, expert_s, run.expert_bytes,
+                            run.memory.h2d.spec.issue_s, self.uniform)
+            run.now = self.timer.now
+            self.expert_s, self.non_expert_s, self.uniform = [], [], []
+        self.layers, self.experts, self.counts = [], [], []
+        moe_layers = run.model.moe_layers
+        tally = RowTally()
+        tally.layer_steps = steps
         valid = experts >= 0
-        missed = valid & ~hit
-        accesses = np.bincount(layer, weights=counts.sum(axis=1), minlength=moe_layers)
-        hits = np.bincount(layer, weights=(counts * hit).sum(axis=1), minlength=moe_layers)
-        misses = np.bincount(layer, weights=missed.sum(axis=1), minlength=moe_layers)
-        per_layer.accesses = [a + int(b) for a, b in zip(per_layer.accesses, accesses)]
-        per_layer.hits = [a + int(b) for a, b in zip(per_layer.hits, hits)]
-        per_layer.bytes_h2d = [a + int(m) * run.expert_bytes for a, m in zip(per_layer.bytes_h2d, misses)]
-        metrics.expert_lookups += int(valid.sum())
-        metrics.expert_hits += int(hit.sum())
-        metrics.expert_loads += int(missed.sum())
-        metrics.layer_steps += steps
+
+        def per_layer(values: np.ndarray) -> np.ndarray:
+            return np.bincount(layer, weights=values.sum(axis=1), minlength=moe_layers).astype(np.int64)
+
+        run.add_counts(per_layer(counts), per_layer(counts * hit), tally, (per_layer(valid), per_layer(hit)))
+
+    def finish(self) -> None:
+        """Judge what is left, and hand the compiled clock back to the replay."""
+        self.flush()
+        if self.timer is not None:
+            self.run.take_clock(self.timer)
 
 
 def poisson_arrivals(sequences: list[int], rate_rps: float, seed: int) -> dict[int, float]:

@@ -1,10 +1,12 @@
 """Batched serving judged by the compiled twins (simulator.serving's `_TwinSteps`) reports what the Python policies
 report: every counter, for every online policy with a twin, both scopes, several capacities and batch sizes, with
 prefill rows (steps whose experts outnumber the cache's slots) and without; on the shipped trace, 24 prompts of
-the shared DeepSeek archive and hypothesis' random traces."""
+the shared DeepSeek archive and hypothesis' random traces. Timed, with the compiled clock against Python and SimPy,
+every figure is equal to the last bit, request arrivals (which make the clock decide the iterations) included."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -13,13 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hardware_profiles.schema import load_profile
 from policies.registry import POLICIES, policy_class
 from policies.schedulers import FCFSScheduler
 from simulator.cache import ExpertCache
+from simulator.compute import BatchCosts, Roofline, StepCosts, batch_costs, step_costs
+from simulator.hardware import LinkSpec
 from simulator.model import MoEModel
+from simulator.replay import Timing
 from simulator.requests import requests_from_tokens
 from simulator.scheduler import ServeLimits
-from simulator.serving import serve
+from simulator.serving import poisson_arrivals, serve
 from simulator.trace_rows import tokens
 from traces.format import TraceChunk, TraceFile
 
@@ -29,20 +35,24 @@ ONLINE_TWINNED = sorted(name for name in POLICIES
 
 
 def served(trace: TraceChunk, model: MoEModel, name: str, capacity: int, scope: str, batch: int, prompt: int,
-           compiled: bool):
+           compiled: bool, timing: Timing | None = None, rate_rps: float | None = None):
     cache = ExpertCache(lambda c: policy_class(name)(c), capacity, scope, model)
-    requests = requests_from_tokens(tokens([trace]), prompt_tokens=prompt)
-    metrics = serve(requests, cache, None, scheduler=FCFSScheduler(), limits=ServeLimits(batch, 64),
+    listed = list(tokens([trace]))
+    arrivals = poisson_arrivals(sorted({t.sequence for t in listed}), rate_rps, 7) if rate_rps else None
+    requests = requests_from_tokens(listed, arrivals, prompt_tokens=prompt)
+    metrics = serve(requests, cache, timing, scheduler=FCFSScheduler(), limits=ServeLimits(batch, 64),
                     compiled=compiled)
     assert (cache.twin is not None) == compiled
     return metrics
 
 
-def assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt=0):
-    twin, python = (served(trace, model, name, capacity, scope, batch, prompt, c) for c in (True, False))
-    assert twin.summary() == python.summary()
-    assert twin.per_layer == python.per_layer
-    assert twin.requests == python.requests and twin.iterations == python.iterations
+def assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt=0, timing=None, rate_rps=None):
+    twin, python = (served(trace, model, name, capacity, scope, batch, prompt, c, timing, rate_rps)
+                    for c in (True, False))
+    assert json.dumps(twin.summary()) == json.dumps(python.summary())  # floats to the last bit; NaN equals itself
+    assert repr(twin.per_layer) == repr(python.per_layer)
+    assert repr(twin.requests) == repr(python.requests) and repr(twin.iterations) == repr(python.iterations)
+    return twin
 
 
 def load(path: Path, rows: int) -> tuple[TraceChunk, MoEModel]:
@@ -56,6 +66,17 @@ def test_twin_serves_as_python_on_the_shipped_trace(name):
     for scope, capacity in (("layer", model.top_k), ("layer", 16), ("global", 200)):
         for batch, prompt in ((1, 0), (4, 0), (4, 6)):
             assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt)
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "s3fifo"])
+def test_timed_twin_serves_as_python_on_the_shipped_trace(name):
+    trace, model = load(DEFAULT_TRACE, 12_000)
+    profile = load_profile("rtx4090_pcie4")
+    timing = Timing(step_costs(model, profile.gpu), profile.h2d, batch_costs(model, profile))
+    for scope, capacity in (("layer", model.top_k), ("global", 200)):
+        for batch, prompt, rate in ((1, 0, None), (4, 6, None), (4, 6, 40.0)):
+            metrics = assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt, timing, rate)
+            assert metrics.stall_time_s > 0
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +125,25 @@ def cases(draw):
 def test_twin_serves_as_python_on_random_traces(name, case):
     trace, model, scope, capacity, batch, prompt = case
     assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt)
+
+
+@st.composite
+def timings(draw):
+    """Random machines: links (copy engines, issue cost, zero bandwidth) and batch costs of every shape."""
+    times = st.floats(0.0, 1e-3, allow_nan=False)
+    link = LinkSpec(bandwidth_Bps=draw(st.sampled_from([0.0, 1e3, 3.3e4, 1e9])), latency_s=draw(times),
+                    copy_engines=draw(st.integers(1, 3)), issue_s=draw(st.sampled_from([0.0, 1.7e-6])))
+
+    def roofline() -> Roofline:
+        return Roofline(draw(times), draw(st.sampled_from([0.0, 1e-4, 3e-5])), draw(times))
+
+    batch = BatchCosts(roofline(), roofline(), draw(times)) if draw(st.booleans()) else None
+    return Timing(StepCosts(non_expert_s=draw(times), expert_s=draw(times)), link, batch)
+
+
+@pytest.mark.parametrize("name", ["lru", "fifo", "lfu", "arc", "sieve", "random"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), timing=timings(), rate=st.sampled_from([None, 3.0, 1e3]))
+def test_timed_twin_serves_as_python_on_random_traces(name, case, timing, rate):
+    trace, model, scope, capacity, batch, prompt = case
+    assert_twin_serves_as_python(trace, model, name, capacity, scope, batch, prompt, timing, rate)
