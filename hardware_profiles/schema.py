@@ -75,6 +75,13 @@ class GPUFields(_Cited):
     memory_bandwidth_Bps: Positive
     flops: Positive
     kernel_overhead_s: NonNegative
+    transfer_slowdown: NonNegative | None = None
+    """`GPUSpec.transfer_slowdown`; unset means 0."""
+
+    def dataclass_kwargs(self) -> dict:
+        kwargs = super().dataclass_kwargs()
+        kwargs["transfer_slowdown"] = kwargs["transfer_slowdown"] or 0.0
+        return kwargs
 
 
 class LinkFields(_Cited):

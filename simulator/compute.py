@@ -38,6 +38,8 @@ class StepCosts:
 
     non_expert_s: float
     expert_s: float
+    transfer_slowdown: float = 0.0
+    """`GPUSpec.transfer_slowdown`: expert compute runs (1 + it) times longer while the step's fetches are in flight."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1, runtime: Runtime 
         non_expert_s=runtime.layer_overhead_s + gpu_s(model.non_expert_params_per_layer, model, gpu, tokens,
                                                       model.non_expert_bytes_per_param),
         expert_s=gpu_s(model.expert_params, model, gpu, tokens),
+        transfer_slowdown=gpu.transfer_slowdown,
     )
 
 

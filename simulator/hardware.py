@@ -18,6 +18,10 @@ class GPUSpec:
     """Dense fp16/bf16 tensor FLOP/s (no sparsity)."""
     kernel_overhead_s: float
     """Fixed cost per expert FFN call (kernel launches, synchronisation)."""
+    transfer_slowdown: float = 0.0
+    """Fraction by which expert compute runs longer while the layer step's own fetches are in flight (the transfers'
+    DMA and completion work competing for the processor's memory and cores); 0: unaffected (unmeasured on a GPU,
+    where copy engines write HBM at a few percent of its bandwidth)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ misses. In the timed replay one layer step is:
             link at t_router, ahead of queued prefetches
     the GPU issues the step's demand fetches, then its prefetches (each link's `issue_s` per transfer, counted as
         compute time; a token's first prefetches are issued before its first step's non-expert work)
-    the GPU computes the resident experts first, then each missed expert as soon as it has arrived
+    the GPU computes the resident experts first, then each missed expert as soon as it has arrived (an expert's
+        compute runs (1 + gpu.transfer_slowdown) times longer while the step's fetches are still in flight)
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
 A Mixture-of-Lookup-Experts model (`kind` "mole") computes no expert: at the router a layer step looks up its
@@ -135,6 +136,17 @@ def replay(
     return run.finish()
 
 
+def _run_until(start: float, work: float, busy_until: float, slowdown: float) -> float:
+    """When `work` seconds of compute begun at `start` end, if it runs (1 + slowdown) times longer until
+    `busy_until` (`GPUSpec.transfer_slowdown`: while the step's fetches are in flight)."""
+    if start >= busy_until:
+        return start + work
+    slowed_end = start + work * (1.0 + slowdown)
+    if slowed_end <= busy_until:
+        return slowed_end
+    return busy_until + work - (busy_until - start) / (1.0 + slowdown)
+
+
 def _name(plugin) -> str:
     """A plug-in as errors name it: its registered short name, else its class name."""
     return plugin.name or type(plugin).__name__
@@ -207,9 +219,10 @@ class _Replay:
 
     def compiled_clock(self) -> bool:
         """Whether the compiled clock (simulator.compiled_timing) can time this replay's plain steps: it knows demand
-        fetches on one serial link, and records no timeline."""
+        fetches on one serial link at an unslowed compute rate, and records no timeline."""
         h2d = self.memory.h2d
-        return self.window is None and h2d is not None and h2d.spec.sharing == "serial"
+        return (self.window is None and h2d is not None and h2d.spec.sharing == "serial"
+                and not self.timing.costs.transfer_slowdown)
 
     def step_timer(self) -> StepTimer:
         """The compiled clock, started from this replay's clock and link."""
@@ -469,8 +482,13 @@ class _Replay:
         resident experts, then each arrival as it lands; advances the clock to the end. `start_issue_s`: time spent
         issuing the token-start prefetches before the step's non-expert work."""
         metrics = self.metrics
+        slowdown = self.timing.costs.transfer_slowdown if arrivals else 0.0
+        busy_until = max(arrival for arrival, _ in arrivals) if slowdown else 0.0  # the step's last fetch lands
         compute = issue_s + resident_s
         gpu = t_router + compute
+        if slowdown:
+            gpu = _run_until(t_router + issue_s, resident_s, busy_until, slowdown)
+            compute = gpu - t_router
         events = self.events
         if events is not None:
             if start_issue_s:
@@ -485,9 +503,15 @@ class _Replay:
                 stall += arrival - gpu
                 gpu = arrival
             if events is not None:
-                events.append(TimelineEvent("gpu", gpu, gpu + compute_s, layer, "fetched expert"))
-            gpu += compute_s
-            compute += compute_s
+                events.append(TimelineEvent("gpu", gpu, _run_until(gpu, compute_s, busy_until, slowdown),
+                                            layer, "fetched expert"))
+            if slowdown:
+                end = _run_until(gpu, compute_s, busy_until, slowdown)
+                compute += end - gpu
+                gpu = end
+            else:
+                gpu += compute_s
+                compute += compute_s
         metrics.compute_time_s += start_issue_s + non_expert_s + compute
         metrics.stall_time_s += stall
         metrics.per_layer.stall_s[layer] += stall

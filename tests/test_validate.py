@@ -41,7 +41,9 @@ def test_quick_run_writes_the_cases_and_a_loadable_profile(tmp_path):
     assert run.returncode == 0, run.stderr
     (case,) = check_cases(out)
     assert case["tokens"] == 2 and case["capacity"] == 8
-    load_profile(str(out.with_suffix(".profile.yaml")))
+    profile = load_profile(str(out.with_suffix(".profile.yaml")))
+    assert profile.gpu.transfer_slowdown >= 0
+    assert "computed while its step's reads are in flight" in out.with_suffix(".profile.yaml").read_text()
     assert "expert FFN width 1408 /" in run.stdout
 
 
@@ -88,6 +90,25 @@ def test_runtime_counts_hits_and_loads_like_the_cache(tmp_path):
     assert result.accesses == sum(len(s.experts) for s in part.steps)
     assert result.hits + result.loads == result.accesses
     assert 0 <= result.stall_s <= result.total_s
+
+
+def test_runtime_times_resident_ffns_with_and_without_reads_in_flight(tmp_path):
+    # Two tokens of one layer, capacity 2: token 0 misses e0, e1 (nothing resident to compute); token 1 hits e1 and
+    # misses e2 (e1 computed while e2's read is in flight); token 2 hits both (nothing in flight).
+    from experiments.validation.offload_runtime import Step
+
+    from dataclasses import replace
+
+    model = replace(scaled_model(get_preset("deepseek-v2-lite"), 256), top_k=2)
+    store = ExpertStore(tmp_path, model)
+    store.ensure({(0, 0), (0, 1), (0, 2)})
+    steps = [Step(0, (0, 1)), Step(0, (1, 2)), Step(0, (2, 1))]
+    ring = BufferRing(2 * model.moe_layers + 4, model.bytes_per_expert)
+    calls, in_flight = [], []
+    result = OffloadRuntime(store, capacity=2, ring=ring).run(steps, ffn_times=calls, in_flight_times=in_flight)
+    assert (result.hits, result.loads) == (3, 3)
+    assert len(in_flight) == 1 and len(calls) == 2
+    assert all(t > 0 for t in calls + in_flight)
 
 
 def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():

@@ -55,12 +55,17 @@ class Step:
     experts: tuple[int, ...]
 
 
-def synthetic_steps(model: MoEModel, tokens: int, seed: int = 0) -> list[Step]:
+def synthetic_steps(model: MoEModel, tokens: int, seed: int = 0,
+                    stored: Sequence[Sequence[int]] | None = None) -> list[Step]:
     """`tokens` tokens of uniformly random routing (top_k distinct experts per layer): calibration input that owes
-    nothing to the trace being validated."""
+    nothing to the trace being validated. `stored`: draw each layer's experts from `stored[layer]` only (those with a
+    file to read; a layer with fewer than top_k routes them all, one with none is left out)."""
     rng = np.random.default_rng(seed)
-    return [Step(layer, tuple(int(e) for e in rng.choice(model.experts_per_layer, model.top_k, replace=False)))
-            for _ in range(tokens) for layer in range(model.moe_layers)]
+    if stored is None:
+        stored = [range(model.experts_per_layer)] * model.moe_layers
+    return [Step(layer, tuple(int(e) for e in rng.choice(list(stored[layer]), min(model.top_k, len(stored[layer])),
+                                                          replace=False)))
+            for _ in range(tokens) for layer in range(model.moe_layers) if len(stored[layer])]
 
 
 class NumpyCompute:
@@ -196,7 +201,8 @@ class OffloadRuntime:
         self.compute = store.compute(seed)
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
-            experts: bool = True, reads: bool = True, ffn_times: list | None = None) -> RuntimeResult:
+            experts: bool = True, reads: bool = True, ffn_times: list | None = None,
+            in_flight_times: list | None = None) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
@@ -208,6 +214,8 @@ class OffloadRuntime:
         expert FFN as the runtime runs it, between its own bookkeeping, which calibration times the same way.
         `ffn_times`, if given (calibration only), gets the time of each resident expert's FFN call, so that the rest
         of a step (router, bookkeeping) is timed as it runs between expert FFNs, not back to back.
+        `in_flight_times`, if given with `ffn_times`, gets instead the times of those computed while the step's reads
+        are in flight (the profile's `gpu.transfer_slowdown`).
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
@@ -251,7 +259,8 @@ class OffloadRuntime:
                         issued.append((sources[layer][expert], buffer, nbytes))
                     if not experts:
                         continue
-                    pending = zip(keys, reader.submit(issued)) if issued and reads else ()
+                    in_flight = bool(issued) and reads
+                    pending = zip(keys, reader.submit(issued)) if in_flight else ()
                     y = compute.zeros()
                     missed = set(misses) if reads else set()
                     if ffn_times is None:
@@ -259,12 +268,13 @@ class OffloadRuntime:
                             if expert not in missed:
                                 y = y + compute.ffn(views[base + expert])
                     else:
+                        times = in_flight_times if in_flight and in_flight_times is not None else ffn_times
                         for expert in step.experts:
                             if expert not in missed:
                                 weights = views[base + expert]
                                 t0 = time.perf_counter()
                                 out = compute.ffn(weights)
-                                ffn_times.append(time.perf_counter() - t0)
+                                times.append(time.perf_counter() - t0)
                                 y = y + out
                     for key, ticket in pending:
                         t0 = time.perf_counter()
