@@ -31,6 +31,9 @@ than that):
   `next_uses`, so an OPT curve, like a Belady replay, needs the whole key stream in memory (numpy arrays, 16 bytes
   an access slot).
 
+The other shipped policies are not stack algorithms under the step rule (one more slot can hit less: README "Why
+only these two", with a counterexample per policy in tests/test_curve.py), so they have no curve.
+
 Depth 0 stands for a first use (a miss at every size). For LRU the formula also gives values for c < top_k (which
 `ExpertCache` refuses); policies/layer_sizing.py reads them.
 """

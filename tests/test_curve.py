@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from experiments.plot import hit_rate_curves
 from policies.belady import BeladyCache
 from policies.lru import LRUCache
+from policies.registry import policy_class
 from simulator.cache import ExpertCache
 from simulator.model import MoEModel
 from simulator.replay import replay
@@ -206,3 +207,34 @@ def test_a_sweep_computes_each_curve_once_and_its_jobs_report_what_replays_repor
     for document in (*shared.values(), *alone.values()):
         document["config"]["replay"].pop("curves")
     assert shared == alone and len(shared) == 4
+
+
+NO_STACK_ALGORITHM = [  # (policy, one layer's experts at top_k 1, c, hits with c slots, hits with c + 1)
+    ("fifo", [1, 2, 3, 4, 1, 2, 5, 1, 2, 3, 4, 5], 3, 3, 2),  # Belady's anomaly (Belady, Nelson, Shedler 1969)
+    ("lfu", [1, 1, 2, 4, 0, 4, 0, 5, 1, 5, 1, 5, 4], 2, 5, 4),
+    ("lfu-aging", [1, 1, 2, 4, 0, 4, 0, 5, 1, 5, 1, 5, 4], 2, 5, 4),
+    ("arc", [3, 4, 0, 0, 1, 2, 3, 3, 4, 0, 0, 1, 0], 3, 5, 4),
+    ("sieve", [3, 3, 3, 3, 1, 4, 4, 3, 1, 0, 2, 4, 0], 3, 8, 7),
+    ("s3fifo", [3, 3, 0, 5, 2, 0, 1, 4, 3, 4, 5, 0, 4], 3, 5, 4),
+    ("random", [5, 1, 4, 5, 0, 2, 3, 0, 3, 3], 3, 4, 3),
+    ("moe-infinity", [1, 0, 4, 2, 1, 3, 3, 1, 3, 2, 0], 3, 4, 3),
+    ("finemoe", [1, 1, 2, 4, 0, 4, 0, 5, 1, 5, 1, 5, 4], 2, 5, 4),
+]
+
+
+@pytest.mark.parametrize("policy,experts,capacity,hits_c,hits_c1", NO_STACK_ALGORITHM)
+def test_the_other_shipped_policies_are_no_stack_algorithms(policy, experts, capacity, hits_c, hits_c1):
+    """One more slot hits less on these traces (found by random search), so no one-pass curve can serve them: the
+    README's "Hit-rate curves in one pass" says why each is no stack algorithm under the step rule."""
+    cls = policy_class(policy)
+    model = MoEModel(name="one-layer", moe_layers=1, experts_per_layer=6, top_k=1, shared_experts=0, hidden_size=8,
+                     expert_intermediate_size=8, param_bytes=2, non_expert_params_per_layer=0)
+    n = len(experts)
+    trace = TraceChunk(np.zeros(n, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int16),
+                       np.array(experts, np.int16).reshape(-1, 1))
+    hits = []
+    for slots in (capacity, capacity + 1):
+        for compiled in (False, True):
+            cache = ExpertCache(lambda c: cls(c), slots, "layer", model)
+            hits.append(replay([trace], cache, None, compiled=compiled).per_layer.hits[0])
+    assert hits == [hits_c, hits_c, hits_c1, hits_c1]
