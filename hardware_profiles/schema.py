@@ -77,10 +77,13 @@ class GPUFields(_Cited):
     kernel_overhead_s: NonNegative
     transfer_slowdown: NonNegative | None = None
     """`GPUSpec.transfer_slowdown`; unset means 0."""
+    fetched_slowdown: NonNegative | None = None
+    """`GPUSpec.fetched_slowdown`; unset means 0."""
 
     def dataclass_kwargs(self) -> dict:
         kwargs = super().dataclass_kwargs()
         kwargs["transfer_slowdown"] = kwargs["transfer_slowdown"] or 0.0
+        kwargs["fetched_slowdown"] = kwargs["fetched_slowdown"] or 0.0
         return kwargs
 
 

@@ -40,6 +40,8 @@ class StepCosts:
     expert_s: float
     transfer_slowdown: float = 0.0
     """`GPUSpec.transfer_slowdown`: expert compute runs (1 + it) times longer while the step's fetches are in flight."""
+    fetched_slowdown: float = 0.0
+    """`GPUSpec.fetched_slowdown`: a fetched expert's compute takes (1 + it) times a resident one's."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1, runtime: Runtime 
                                                       model.non_expert_bytes_per_param),
         expert_s=gpu_s(model.expert_params, model, gpu, tokens),
         transfer_slowdown=gpu.transfer_slowdown,
+        fetched_slowdown=gpu.fetched_slowdown,
     )
 
 

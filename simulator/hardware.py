@@ -22,6 +22,10 @@ class GPUSpec:
     """Fraction by which expert compute runs longer while the layer step's own fetches are in flight (the transfers'
     DMA and completion work competing for the processor's memory and cores); 0: unaffected (unmeasured on a GPU,
     where copy engines write HBM at a few percent of its bandwidth)."""
+    fetched_slowdown: float = 0.0
+    """Fraction by which an expert computed as its weights land (a fetched expert) runs longer than a resident one:
+    the fetch leaves its bytes outside the processor's caches in a state slower to read than memory the processor
+    read before (measured on the CPU miniature, README "moe-validate"); 0: unaffected (unmeasured on a GPU)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ misses. In the timed replay one layer step is:
     the GPU issues the step's demand fetches, then its prefetches (each link's `issue_s` per transfer, counted as
         compute time; a token's first prefetches are issued before its first step's non-expert work)
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived (an expert's
-        compute runs (1 + gpu.transfer_slowdown) times longer while the step's fetches are still in flight)
+        compute runs (1 + gpu.transfer_slowdown) times longer while the step's fetches are still in flight, and a
+        fetched expert's (1 + gpu.fetched_slowdown) times a resident one's)
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
 A Mixture-of-Lookup-Experts model (`kind` "mole") computes no expert: at the router a layer step looks up its
@@ -222,7 +223,7 @@ class _Replay:
         fetches on one serial link at an unslowed compute rate, and records no timeline."""
         h2d = self.memory.h2d
         return (self.window is None and h2d is not None and h2d.spec.sharing == "serial"
-                and not self.timing.costs.transfer_slowdown)
+                and not self.timing.costs.transfer_slowdown and not self.timing.costs.fetched_slowdown)
 
     def step_timer(self) -> StepTimer:
         """The compiled clock, started from this replay's clock and link."""
@@ -437,6 +438,7 @@ class _Replay:
         metrics, timing, book = self.metrics, self.timing, self.book
         arrivals, demand_bytes, issue_s = [], 0, 0.0
         costs = step.expert_s if step is not None and timing else None
+        fetched = 1.0 + timing.costs.fetched_slowdown if timing else 1.0  # a fetched expert's compute over a resident one's
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         elif book is not None and book.inflight:
@@ -454,7 +456,7 @@ class _Replay:
                 arrival, queued = late
                 if queued:  # it had not started: it goes as a demand fetch
                     demand_bytes += self.expert_bytes
-                arrivals.append((arrival, costs[expert] if costs else expert_s))
+                arrivals.append((arrival, (costs[expert] if costs else expert_s) * fetched))
             elif action == LOW_PRECISION:
                 metrics.approximated_low_precision += 1
                 fetches.append((expert, int(round(self.expert_bytes * fraction))))
@@ -470,9 +472,9 @@ class _Replay:
                 booked, booked_issue_s = self.memory.demand(layer, fetches, t_router)
                 if timing:
                     if costs:
-                        arrivals.extend((arrival, costs[e]) for arrival, (e, _) in zip(booked, fetches))
+                        arrivals.extend((arrival, costs[e] * fetched) for arrival, (e, _) in zip(booked, fetches))
                     else:
-                        arrivals.extend((arrival, expert_s) for arrival in booked)
+                        arrivals.extend((arrival, expert_s * fetched) for arrival in booked)
                     issue_s = booked_issue_s
         return arrivals, demand_bytes, issue_s
 

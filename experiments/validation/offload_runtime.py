@@ -202,7 +202,7 @@ class OffloadRuntime:
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
             experts: bool = True, reads: bool = True, ffn_times: list | None = None,
-            in_flight_times: list | None = None) -> RuntimeResult:
+            in_flight_times: list | None = None, fetched_times: list | None = None) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
@@ -216,6 +216,8 @@ class OffloadRuntime:
         of a step (router, bookkeeping) is timed as it runs between expert FFNs, not back to back.
         `in_flight_times`, if given with `ffn_times`, gets instead the times of those computed while the step's reads
         are in flight (the profile's `gpu.transfer_slowdown`).
+        `fetched_times`, if given, gets the time of each missed expert's FFN call, computed as its read lands (the
+        profile's `gpu.fetched_slowdown`).
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
@@ -279,8 +281,11 @@ class OffloadRuntime:
                     for key, ticket in pending:
                         t0 = time.perf_counter()
                         reader.wait(ticket)
-                        stall += time.perf_counter() - t0
+                        t1 = time.perf_counter()
+                        stall += t1 - t0
                         y = y + compute.ffn(views[key])
+                        if fetched_times is not None:
+                            fetched_times.append(time.perf_counter() - t1)
                 total = time.perf_counter() - start - paused
         finally:
             reader.close()
