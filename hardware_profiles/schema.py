@@ -99,12 +99,19 @@ class LinkFields(_Cited):
     """Compute-stream time to issue one transfer (a cudaMemcpyAsync call, an io_submit); unset means 0."""
     sharing: Literal["serial", "shared"] = "serial"
     """Whether transfers issued together go one after another or share the bandwidth (`LinkSpec.sharing`)."""
+    duplex_bandwidth_Bps: Positive | None = None
+    """Bandwidth while the opposite direction also carries data (`LinkSpec.duplex_bandwidth_Bps`); unset: full
+    duplex."""
 
     @model_validator(mode="after")
     def _preemption_needs_a_serial_wire(self):
         if self.preempt_prefetch and self.sharing == "shared":
             raise PydanticCustomError("preempt_shared", "preempt_prefetch: true is modelled on a serial wire only "
                                       "(sharing: serial)")
+        if self.duplex_bandwidth_Bps is not None and self.duplex_bandwidth_Bps > self.bandwidth_Bps:
+            raise PydanticCustomError("duplex_faster", "duplex_bandwidth_Bps {duplex} exceeds bandwidth_Bps {simplex}: "
+                                      "a direction is never faster while the other also carries data",
+                                      {"duplex": self.duplex_bandwidth_Bps, "simplex": self.bandwidth_Bps})
         return self
 
     def dataclass_kwargs(self) -> dict:

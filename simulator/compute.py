@@ -74,6 +74,9 @@ class MissCosts:
     """The token's hidden state to the CPU and the expert's output back (latency-bound; not queued on the links)."""
     cpu_step_overhead_s: float = 0.0
     """Paid once per layer step that runs experts on the CPU (`Runtime.cpu_step_overhead_s`)."""
+    activation_d2h_wire_s: float = 0.0
+    """Of the trip to the CPU, the time the device-to-host wire carries the activations (bytes / bandwidth), at the
+    end of the trip: while it does, a host-to-device link with a `duplex_bandwidth_Bps` runs slower."""
 
 
 def roofline_s(params: int, param_bytes: float, flops: float, memory_bandwidth_Bps: float, overhead_s: float = 0.0,
@@ -108,6 +111,7 @@ def miss_costs(model: MoEModel, hardware: HardwareProfile, tokens: int = 1, runt
         cpu_expert_s=cpu_s(model.expert_params, model, hardware.cpu, tokens, runtime.cpu_sockets),
         activation_round_trip_s=d2h.latency_s + activations / d2h.bandwidth_Bps + h2d.latency_s + activations / h2d.bandwidth_Bps,
         cpu_step_overhead_s=runtime.cpu_step_overhead_s,
+        activation_d2h_wire_s=activations / d2h.bandwidth_Bps,
     )
 
 

@@ -48,6 +48,10 @@ class LinkSpec:
     transfer's time (CUDA copies on one stream). "shared": they share the bandwidth fairly and equal-sized ones all
     arrive at the end of the group (an NVMe or virtio device serving a queue of reads at once, copies on several
     streams). Transfers booked later still queue behind the group."""
+    duplex_bandwidth_Bps: float | None = None
+    """This direction's bandwidth while the opposite direction carries data at the same time, where the host cannot
+    run both at full speed (an A100's PCIe 4.0 H2D drops to 11–13 GB/s under a concurrent D2H copy); None: full
+    duplex. The simulator's D2H traffic is the activations a CPU-run expert reads (`Link.carry_opposite`)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ starts, in order, every queued prefetch whose start falls before `now`; those ar
 (unless the link's spec sets `preempt_prefetch`: then a demand pauses the prefetch on the wire, which resumes with
 its remaining bytes after the demand). A demand booked at `now` starts after the transfers in flight and before
 every prefetch still queued. Callers book in non-decreasing time, as a simulation clock does.
+
+Where the spec gives a `duplex_bandwidth_Bps`, the wire carries at that rate while the opposite direction carries
+data (`carry_opposite`, the activations a CPU-run expert reads): a transfer booked after such a window is stretched
+by the part of its wire time inside it. Transfers booked before the window keep their arrival.
 """
 
 from __future__ import annotations
@@ -61,7 +65,48 @@ class Link:
         self._tail: deque[tuple[float, float, bool]] = deque()  # (end, wire time, prefetch) of the transfers nobody
         # waits for (prefetches, and the NVMe reads of staged prefetches) that may still cross when the replay ends:
         # every demand fetch has arrived by the end of its step, so only these can
+        self._opposite: deque[list[float]] = deque()  # [start, end] of the opposite direction's traffic, merged
+        self._on_wire_s = 0.0  # when the transfer booked last went on the wire
 
+    def carry_opposite(self, start_s: float, end_s: float) -> None:
+        """The opposite direction carries data over [start_s, end_s): this wire runs at its duplex bandwidth then,
+        for the transfers booked from now on. A no-op on a full-duplex link."""
+        if self.spec.duplex_bandwidth_Bps is None or end_s <= start_s:
+            return
+        windows = self._opposite
+        if windows and start_s <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], end_s)
+        else:
+            windows.append([start_s, end_s])
+
+    def _wire_end(self, on_wire: float, wire_s: float) -> float:
+        """When `wire_s` seconds of full-rate wire time that start at `on_wire` end, the wire carrying at its duplex
+        rate inside the opposite direction's windows."""
+        windows = self._opposite
+        while windows and windows[0][1] <= on_wire:
+            windows.popleft()
+        if not windows or wire_s == math.inf:
+            return on_wire + wire_s
+        ratio = self.spec.duplex_bandwidth_Bps / self.spec.bandwidth_Bps
+        now, left = on_wire, wire_s
+        for start, end in windows:
+            if start >= now + left:
+                break
+            if start > now:
+                left -= start - now
+                now = start
+            carried = (end - now) * ratio  # full-rate seconds the window's slower wire carries
+            if left <= carried:
+                return now + left / ratio
+            left -= carried
+            now = end
+        return now + left
+
+    def _wire_work(self, start_s: float, end_s: float) -> float:
+        """Full-rate wire seconds carried over [start_s, end_s): the inverse of `_wire_end`."""
+        ratio = self.spec.duplex_bandwidth_Bps / self.spec.bandwidth_Bps if self._opposite else 1.0
+        slowed = sum(max(0.0, min(end, end_s) - max(start, start_s)) for start, end in self._opposite)
+        return end_s - start_s - slowed * (1.0 - ratio)
 
     @property
     def bytes_moved(self) -> int:
@@ -140,6 +185,9 @@ class Link:
                         active.remove(i)
                     else:
                         remaining[i] -= least
+        warped = bool(self._opposite) and bandwidth > 0
+        if warped:
+            ends = [self._wire_end(start, finish - start) for finish in ends]
         end = max(ends)
         engines = self._engine_free
         for slot, finish in zip(sorted(range(len(engines)), key=engines.__getitem__), sorted(ends, reverse=True)):
@@ -148,18 +196,24 @@ class Link:
         total = sum(nbytes for _, nbytes in fetches)
         self.transfers += len(fetches)
         self.bytes_demand += total
-        self.busy_demand_s += total / bandwidth if bandwidth else math.inf
+        self.busy_demand_s += (end - start if warped else total / bandwidth) if bandwidth else math.inf
         if self.log is not None:
             self.log.extend(TimelineEvent(self.name, start, finish, key, "demand") for (key, _), finish in zip(fetches, ends))
         return ends
 
     def _preempt(self, paused: Transfer, ready_s: float, nbytes: int, key: int) -> float:
         """The demand takes the wire once set up; the paused prefetch's remaining bytes follow it."""
-        takeover = max(ready_s + self.spec.latency_s, paused.end_s - paused.nbytes / self.spec.bandwidth_Bps)
-        remaining_s = paused.end_s - takeover
         wire_s = nbytes / self.spec.bandwidth_Bps
-        end = takeover + wire_s
-        paused.end_s = end + remaining_s
+        if self._opposite:
+            takeover = max(ready_s + self.spec.latency_s, self._on_wire_s)
+            remaining_s = paused.nbytes / self.spec.bandwidth_Bps - self._wire_work(self._on_wire_s, takeover)
+            end = self._wire_end(takeover, wire_s)
+            paused.end_s = self._wire_end(end, remaining_s)
+        else:
+            takeover = max(ready_s + self.spec.latency_s, paused.end_s - paused.nbytes / self.spec.bandwidth_Bps)
+            remaining_s = paused.end_s - takeover
+            end = takeover + wire_s
+            paused.end_s = end + remaining_s
         engines = self._engine_free
         engines[engines.index(max(engines))] = paused.end_s
         self._wire_free = paused.end_s
@@ -227,7 +281,12 @@ class Link:
             on_wire = self._wire_free
         # A link of zero bandwidth never delivers: the limit in which prefetching cannot help.
         wire_s = nbytes / self.spec.bandwidth_Bps if self.spec.bandwidth_Bps else math.inf
-        end = on_wire + wire_s
+        if self._opposite:  # a slower stretch of wire: the time it is busy, at whatever rate
+            end = self._wire_end(on_wire, wire_s)
+            wire_s = end - on_wire
+        else:
+            end = on_wire + wire_s
+        self._on_wire_s = on_wire
         engines[engine] = end
         self._wire_free = end
         self.transfers += 1

@@ -624,7 +624,11 @@ class _Replay:
                 costs = self._miss_costs_for(tokens)
                 half_trip = costs.activation_round_trip_s / 2
                 busy_s = costs.cpu_expert_s + (costs.cpu_step_overhead_s if first else 0.0)
-                start = max(t_router + half_trip, self.cpu_free)
+                to_cpu = t_router + half_trip
+                h2d = self.memory.h2d
+                if h2d is not None:  # the activations on the D2H wire slow a link that is not full duplex
+                    h2d.carry_opposite(to_cpu - costs.activation_d2h_wire_s, to_cpu)
+                start = max(to_cpu, self.cpu_free)
                 self.cpu_free = start + busy_s
                 self.metrics.cpu_busy_s += busy_s
                 arrivals.append((self.cpu_free + half_trip, 0.0))  # the GPU only adds the returned output
