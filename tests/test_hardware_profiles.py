@@ -20,7 +20,7 @@ NEW_PROFILES = {"rtx_a5000_pcie4", "t4_pcie3", "quadro_rtx6000_pcie3", "l4_pcie4
 """Machines that published MoE-offloading figures ran on (MoE-Infinity/MoE-Gen, Colab, Fiddler, ktransformers, llama.cpp)."""
 UNIFIED_MEMORY = {"jetson_agx_orin_64g", "jetson_orin_nano_super"}
 """Edge devices whose CPU and GPU share one memory: h2d/d2h are modelled as that memory."""
-DATA_CENTRE = {"a100_80g_pcie4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
+DATA_CENTRE = {"a100_80g_pcie4", "a100_80g_sxm4", "h100_pcie5", "h200_pcie5", "gh200_c2c"}
 GEN5_SUFFIX = "_nvme5"
 """`<base>_nvme5` is `<base>` with a Gen5 NVMe drive in place of the Gen4 one, and nothing else changed."""
 

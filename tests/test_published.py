@@ -76,3 +76,26 @@ def test_an_unknown_system_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("published: --only") and "\n" not in err
     assert not Path(tmp_path / "x.json").exists()
+
+
+def test_a_machines_pair_borrows_only_from_each_other_and_the_lone_row_from_all(tmp_path, shared_traces):
+    """mixtral-offloading: each Table 2 row takes the overhead its own machine's other row implies (the same GPU,
+    the other cache), never another machine's; MoE-Infinity's lone A5000 run takes the mean over every paper row."""
+    out = tmp_path / "mo.json"
+    assert published.main(["--json", str(out), "--only", "mixtral-offloading"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 9 and all(FIELDS <= set(r) for r in rows)
+    steps = 32  # Mixtral's MoE layers: one layer step each a token at batch 1
+    implied = {r["anchor"]: (1 / r["published"] - 1 / r["simulated_roofline"]) / steps for r in rows if r["unit"] == "tok/s"}
+    paper = [r for r in rows if r["unit"] == "tok/s"]
+    for row in paper:
+        partner = [r for r in paper if r is not row and r["setting"]["gpu"] == row["setting"]["gpu"]]
+        assert len(partner) == 1
+        text = row["parameters"]["runtime.layer_overhead_s"]
+        assert partner[0]["anchor"] in text and all(r["anchor"] not in text for r in paper if r is not partner[0])
+        assert row["layer_overhead_s"] == pytest.approx(implied[partner[0]["anchor"]], rel=1e-9)
+    # the no-cache rows hit nothing; the LRU rows do
+    assert all(r["hit_rate"] == 0.0 for r in paper if "no cache" in r["setting"]["cache"])
+    assert all(r["hit_rate"] > 0.3 for r in paper if "LRU" in r["setting"]["cache"])
+    (lone,) = [r for r in rows if r["unit"] == "s/token"]
+    assert lone["layer_overhead_s"] == pytest.approx(sum(implied.values()) / len(implied), rel=1e-9)
