@@ -79,6 +79,8 @@ class GPUFields(_Cited):
     """`GPUSpec.transfer_slowdown`; unset means 0."""
     fetched_slowdown: NonNegative | None = None
     """`GPUSpec.fetched_slowdown`; unset means 0."""
+    last_fetch_slowdown: NonNegative | None = None
+    """`GPUSpec.last_fetch_slowdown`; unset means as `fetched_slowdown`."""
 
     def dataclass_kwargs(self) -> dict:
         kwargs = super().dataclass_kwargs()

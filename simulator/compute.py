@@ -42,6 +42,13 @@ class StepCosts:
     """`GPUSpec.transfer_slowdown`: expert compute runs (1 + it) times longer while the step's fetches are in flight."""
     fetched_slowdown: float = 0.0
     """`GPUSpec.fetched_slowdown`: a fetched expert's compute takes (1 + it) times a resident one's."""
+    last_fetch_slowdown: float | None = None
+    """`GPUSpec.last_fetch_slowdown`: the same for the step's last demand fetch; None: as `fetched_slowdown`."""
+
+    @property
+    def effective_last_fetch_slowdown(self) -> float:
+        """The slowdown of the step's last demand fetch, resolved."""
+        return self.fetched_slowdown if self.last_fetch_slowdown is None else self.last_fetch_slowdown
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ def step_costs(model: MoEModel, gpu: GPUSpec, tokens: int = 1, runtime: Runtime 
         expert_s=gpu_s(model.expert_params, model, gpu, tokens),
         transfer_slowdown=gpu.transfer_slowdown,
         fetched_slowdown=gpu.fetched_slowdown,
+        last_fetch_slowdown=gpu.last_fetch_slowdown,
     )
 
 

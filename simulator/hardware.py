@@ -26,6 +26,10 @@ class GPUSpec:
     """Fraction by which an expert computed as its weights land (a fetched expert) runs longer than a resident one:
     the fetch leaves its bytes outside the processor's caches in a state slower to read than memory the processor
     read before (measured on the CPU miniature, README "moe-validate"); 0: unaffected (unmeasured on a GPU)."""
+    last_fetch_slowdown: float | None = None
+    """The same fraction for the expert of a layer step's last demand fetch, the last bytes the link wrote in the
+    step's burst: on the CPU miniature that buffer alone reads ~2.5x slower, the burst's earlier ones at a resident
+    one's speed (README "moe-validate"); None: as `fetched_slowdown`."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ misses. In the timed replay one layer step is:
         compute time; a token's first prefetches are issued before its first step's non-expert work)
     the GPU computes the resident experts first, then each missed expert as soon as it has arrived (an expert's
         compute runs (1 + gpu.transfer_slowdown) times longer while the step's fetches are still in flight, and a
-        fetched expert's (1 + gpu.fetched_slowdown) times a resident one's)
+        fetched expert's (1 + gpu.fetched_slowdown) times a resident one's, the step's last demand fetch's
+        (1 + gpu.last_fetch_slowdown))
     stall = time the GPU waits for an arrival; the step ends when the last expert is computed
 
 A Mixture-of-Lookup-Experts model (`kind` "mole") computes no expert: at the router a layer step looks up its
@@ -223,7 +224,8 @@ class _Replay:
         fetches on one serial link at an unslowed compute rate, and records no timeline."""
         h2d = self.memory.h2d
         return (self.window is None and h2d is not None and h2d.spec.sharing == "serial"
-                and not self.timing.costs.transfer_slowdown and not self.timing.costs.fetched_slowdown)
+                and not self.timing.costs.transfer_slowdown and not self.timing.costs.fetched_slowdown
+                and not self.timing.costs.effective_last_fetch_slowdown)
 
     def step_timer(self) -> StepTimer:
         """The compiled clock, started from this replay's clock and link."""
@@ -439,6 +441,7 @@ class _Replay:
         arrivals, demand_bytes, issue_s = [], 0, 0.0
         costs = step.expert_s if step is not None and timing else None
         fetched = 1.0 + timing.costs.fetched_slowdown if timing else 1.0  # a fetched expert's compute over a resident one's
+        last = 1.0 + timing.costs.effective_last_fetch_slowdown if timing else 1.0  # the step's last demand fetch's
         if handled:
             outstanding = sorted([(experts.index(e), LOAD, e, 1.0) for e in misses] + handled)
         elif book is not None and book.inflight:
@@ -471,10 +474,11 @@ class _Replay:
             if timing or self.memory.on_nvme:  # without a clock, only the DRAM tier's counts need the call
                 booked, booked_issue_s = self.memory.demand(layer, fetches, t_router)
                 if timing:
+                    factors = [fetched] * (len(fetches) - 1) + [last]
                     if costs:
-                        arrivals.extend((arrival, costs[e] * fetched) for arrival, (e, _) in zip(booked, fetches))
+                        arrivals.extend((arrival, costs[e] * f) for arrival, (e, _), f in zip(booked, fetches, factors))
                     else:
-                        arrivals.extend((arrival, expert_s * fetched) for arrival in booked)
+                        arrivals.extend((arrival, expert_s * f) for arrival, f in zip(booked, factors))
                     issue_s = booked_issue_s
         return arrivals, demand_bytes, issue_s
 

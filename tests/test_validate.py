@@ -44,6 +44,8 @@ def test_quick_run_writes_the_cases_and_a_loadable_profile(tmp_path):
     profile = load_profile(str(out.with_suffix(".profile.yaml")))
     assert profile.gpu.transfer_slowdown >= 0
     assert "computed while its step's reads are in flight" in out.with_suffix(".profile.yaml").read_text()
+    assert profile.gpu.last_fetch_slowdown is not None and profile.gpu.last_fetch_slowdown >= 0
+    assert "last_fetch_slowdown: measured by moe-validate" in out.with_suffix(".profile.yaml").read_text()
     assert "expert FFN width 1408 /" in run.stdout
 
 
@@ -109,6 +111,13 @@ def test_runtime_times_resident_ffns_with_and_without_reads_in_flight(tmp_path):
     assert (result.hits, result.loads) == (3, 3)
     assert len(in_flight) == 1 and len(calls) == 2
     assert all(t > 0 for t in calls + in_flight)
+    # the fetched experts: token 0's e0 and e1 (e1 its step's last read), token 1's e2 (its step's only one, so last)
+    fetched, last = [], []
+    OffloadRuntime(store, capacity=2, ring=ring).run(steps, fetched_times=fetched, last_fetched_times=last)
+    assert len(fetched) == 1 and len(last) == 2 and all(t > 0 for t in fetched + last)
+    everything = []
+    OffloadRuntime(store, capacity=2, ring=ring).run(steps, fetched_times=everything)
+    assert len(everything) == 3
 
 
 def test_sharing_is_the_wire_model_nearer_the_measured_first_arrival():

@@ -202,7 +202,8 @@ class OffloadRuntime:
 
     def run(self, steps: Sequence[Step], pause: Callable[[], None] | None = None, pause_every: int = 0,
             experts: bool = True, reads: bool = True, ffn_times: list | None = None,
-            in_flight_times: list | None = None, fetched_times: list | None = None) -> RuntimeResult:
+            in_flight_times: list | None = None, fetched_times: list | None = None,
+            last_fetched_times: list | None = None) -> RuntimeResult:
         """Run `steps` from an empty cache; returns wall-clock total and stall.
 
         `pause()`, if given, is called between steps every `pause_every` steps (no read is in flight then) with the
@@ -218,6 +219,8 @@ class OffloadRuntime:
         are in flight (the profile's `gpu.transfer_slowdown`).
         `fetched_times`, if given, gets the time of each missed expert's FFN call, computed as its read lands (the
         profile's `gpu.fetched_slowdown`).
+        `last_fetched_times`, if given with `fetched_times`, gets instead the time of each step's last missed expert,
+        the last read of its burst (the profile's `gpu.last_fetch_slowdown`).
         """
         model = self.model
         cache = ExpertCache(LRUCache, self.capacity, "layer", model)
@@ -262,7 +265,7 @@ class OffloadRuntime:
                     if not experts:
                         continue
                     in_flight = bool(issued) and reads
-                    pending = zip(keys, reader.submit(issued)) if in_flight else ()
+                    pending = list(zip(keys, reader.submit(issued))) if in_flight else []
                     y = compute.zeros()
                     missed = set(misses) if reads else set()
                     if ffn_times is None:
@@ -278,14 +281,15 @@ class OffloadRuntime:
                                 out = compute.ffn(weights)
                                 times.append(time.perf_counter() - t0)
                                 y = y + out
-                    for key, ticket in pending:
+                    for position, (key, ticket) in enumerate(pending, 1):
                         t0 = time.perf_counter()
                         reader.wait(ticket)
                         t1 = time.perf_counter()
                         stall += t1 - t0
                         y = y + compute.ffn(views[key])
                         if fetched_times is not None:
-                            fetched_times.append(time.perf_counter() - t1)
+                            last = last_fetched_times is not None and position == len(pending)
+                            (last_fetched_times if last else fetched_times).append(time.perf_counter() - t1)
                 total = time.perf_counter() - start - paused
         finally:
             reader.close()

@@ -151,7 +151,10 @@ class Calibration:
     """Mean time of one expert FFN computed while its step's reads are in flight (the runtime's step code on
     synthetic routing over the stored experts, reads issued); 0: not measured."""
     fetched_expert_s: float = 0.0
-    """Mean time of one expert FFN computed as its read lands (the same run); 0: not measured."""
+    """Mean time of one expert FFN computed as its read lands (the same run), the step's last read's excepted;
+    0: not measured."""
+    last_fetched_expert_s: float = 0.0
+    """Mean time of the FFN of a step's last read (the same run); 0: not measured."""
 
     @property
     def transfer_slowdown(self) -> float:
@@ -164,6 +167,11 @@ class Calibration:
         """`gpu.fetched_slowdown`: how much longer an expert FFN computed as its read lands takes than the in-loop
         `expert_s` of a resident one (0 where not measured or not slower)."""
         return max(0.0, self.fetched_expert_s / self.expert_s - 1.0) if self.fetched_expert_s else 0.0
+
+    @property
+    def last_fetch_slowdown(self) -> float:
+        """`gpu.last_fetch_slowdown`: the same for the expert of a step's last read."""
+        return max(0.0, self.last_fetched_expert_s / self.expert_s - 1.0) if self.last_fetched_expert_s else 0.0
 
     def sharing(self, nbytes: int, top_k: int) -> tuple[str, float]:
         """The wire model nearer the measured first arrival, and a serial wire's (`storage_bench.nearer_wire`)."""
@@ -229,7 +237,7 @@ class MachineProbe:
         self.stored_steps = synthetic_steps(model, tokens=4, seed=seed + 11, stored=stored) if stored else []
         self.top_k = model.top_k
         self.taken: dict[str, list] = {"storage": [], "ffn": [], "non_expert": [], "expert": [], "issue": [], "first": [],
-                                        "in_flight": [], "fetched": []}
+                                        "in_flight": [], "fetched": [], "last_fetched": []}
 
     def measure(self, runtime: OffloadRuntime, ffn: bool = True) -> None:
         """Take one probe of each path, reading into the runtime's free buffers as it does, and keep it (`take`).
@@ -258,10 +266,12 @@ class MachineProbe:
         if ffn:
             self.taken["ffn"].append(self.ffn.samples(s.ffn_repeats))
             if self.stored_steps:  # with reads: the FFNs of resident experts computed while a step's reads are in flight
-                calls, in_flight, fetched = [], [], []
-                runtime.run(self.stored_steps, ffn_times=calls, in_flight_times=in_flight, fetched_times=fetched)
+                calls, in_flight, fetched, last = [], [], [], []
+                runtime.run(self.stored_steps, ffn_times=calls, in_flight_times=in_flight, fetched_times=fetched,
+                            last_fetched_times=last)
                 self.taken["in_flight"].extend(in_flight)
                 self.taken["fetched"].extend(fetched)
+                self.taken["last_fetched"].extend(last)
         steps = len(self.synthetic)
         calls: list[float] = []
         with_experts = runtime.run(self.synthetic, reads=False, ffn_times=calls).total_s / steps
@@ -294,6 +304,7 @@ class MachineProbe:
             float(np.mean(self.taken["first"])),
             float(np.mean(self.taken["in_flight"])) if self.taken["in_flight"] else 0.0,
             float(np.mean(self.taken["fetched"])) if self.taken["fetched"] else 0.0,
+            float(np.mean(self.taken["last_fetched"])) if self.taken["last_fetched"] else 0.0,
         )
         self.taken = {k: [] for k in self.taken}
         return cal
@@ -318,8 +329,11 @@ def validation_document(cal: Calibration, nbytes: int, flops: float, flops_token
                      f"synthetic routing over the stored experts, at each run's ends), {cal.in_flight_expert_s * 1e6:.1f} us, "
                      f"against {cal.expert_s * 1e6:.1f} us with none in flight" if cal.in_flight_expert_s else
                      f"{cite}: not measured")
-    fetched_text = (f"{cite}, one expert FFN computed as its read lands (the same runs), {cal.fetched_expert_s * 1e6:.1f} us, "
-                    f"against {cal.expert_s * 1e6:.1f} us for a resident one" if cal.fetched_expert_s else f"{cite}: not measured")
+    fetched_text = (f"{cite}, one expert FFN computed as its read lands (the same runs; a step's last read excepted), "
+                    f"{cal.fetched_expert_s * 1e6:.1f} us, against {cal.expert_s * 1e6:.1f} us for a resident one"
+                    if cal.fetched_expert_s else f"{cite}: not measured")
+    last_text = (f"{cite}, the FFN of a step's last read, the last buffer its burst filled (the same runs), "
+                 f"{cal.last_fetched_expert_s * 1e6:.1f} us" if cal.last_fetched_expert_s else f"{cite}: not measured")
     flops_text = f"{cite}, one expert FFN on {flops_tokens} tokens ({ffn.method.split(' (')[0]}), best of 3"
     issue_text = (f"{cite}, time in the submitting call (iocb set-up and io_submit) of the same bursts, summed and "
                   f"divided by the reads submitted, {cal.issue_s * 1e6:.1f} us per read (spread over probes "
@@ -338,10 +352,11 @@ def validation_document(cal: Calibration, nbytes: int, flops: float, flops_token
         gpu={"name": roles["gpu_name"], "memory_bytes": roles["memory_bytes"],
              "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops, "kernel_overhead_s": cal.kernel_overhead_s(nbytes),
              "transfer_slowdown": cal.transfer_slowdown, "fetched_slowdown": cal.fetched_slowdown,
+             "last_fetch_slowdown": cal.last_fetch_slowdown,
              "sources": {"memory_bytes": f"{cite}, {roles['memory_text']}",
                          "memory_bandwidth_Bps": ffn_text + " (inverse slope)",
                          "flops": flops_text, "kernel_overhead_s": overhead_text, "transfer_slowdown": slowdown_text,
-                         "fetched_slowdown": fetched_text}},
+                         "fetched_slowdown": fetched_text, "last_fetch_slowdown": last_text}},
         h2d=link,
         d2h={**link, "sources": {k: "Unused by the validation (nothing goes back); a copy of h2d. " + v for k, v in link["sources"].items()}},
         cpu={"name": cpu_name(), "memory_bandwidth_Bps": fit_ffn.bandwidth_Bps, "flops": flops,
@@ -431,7 +446,8 @@ def run(traces: list[str], settings: Settings, store_root: Path, out_json: Path,
                           *mean_and_spread([c.non_expert_s for c in every_cal]), *mean_and_spread([c.expert_s for c in every_cal]),
                           *mean_and_spread([c.issue_s for c in every_cal]), float(np.mean([c.first_arrival for c in every_cal])),
                           float(np.mean([c.in_flight_expert_s for c in every_cal])),
-                          float(np.mean([c.fetched_expert_s for c in every_cal])))
+                          float(np.mean([c.fetched_expert_s for c in every_cal])),
+                          float(np.mean([c.last_fetched_expert_s for c in every_cal])))
     doc, comments = validation_document(overall, model.bytes_per_expert, probe.flops, probe.flops_tokens, model.top_k, roles)
     write_profile(out_json.with_suffix(".profile.yaml"), doc,
                   [f"Written by moe-validate --runtime {runtime}: {roles['description']} Averaged over every run",
@@ -449,7 +465,8 @@ def calibration_line(cal: Calibration, flops: float) -> str:
             f"per layer step (spread {cal.non_expert_spread:.0%}); issuing a read {cal.issue_s * 1e6:.1f} us (spread {cal.issue_spread:.0%}); "
             f"first read of a burst seen complete at {cal.first_arrival:.0%} of the burst; an expert with the step's reads in "
             f"flight {cal.in_flight_expert_s * 1e6:.1f} us (transfer_slowdown {cal.transfer_slowdown:.3f}); an expert computed as "
-            f"its read lands {cal.fetched_expert_s * 1e6:.1f} us (fetched_slowdown {cal.fetched_slowdown:.3f})")
+            f"its read lands {cal.fetched_expert_s * 1e6:.1f} us (fetched_slowdown {cal.fetched_slowdown:.3f}), the step's "
+            f"last read's {cal.last_fetched_expert_s * 1e6:.1f} us (last_fetch_slowdown {cal.last_fetch_slowdown:.3f})")
 
 
 def case_result(part: TracePart, capacity: int, runs: list, model: MoEModel, scale: int, runtime: str, read_method: str) -> dict:
