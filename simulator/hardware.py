@@ -28,7 +28,7 @@ class GPUSpec:
     read before (measured on the CPU miniature, README "moe-validate"); 0: unaffected (unmeasured on a GPU)."""
     last_fetch_slowdown: float | None = None
     """The same fraction for the expert of a layer step's last demand fetch, the last bytes the link wrote in the
-    step's burst: on the CPU miniature that buffer alone reads ~2.5x slower, the burst's earlier ones at a resident
+    step's burst: on the CPU miniature that buffer alone computes 2.2-2.6x slower, the burst's earlier ones at a resident
     one's speed (README "moe-validate"); None: as `fetched_slowdown`."""
 
 

@@ -134,8 +134,9 @@ def _anchors() -> list[Anchor]:
     mo_note = ("The paper measures sampling on OpenAssistant conversations at batch 1 with no prompt or output lengths; "
                "the trace is the shared Mixtral one (HumanEval prompts), decode only. {extra}The pair on one "
                "machine differ only in the cache, so each row tests the simulated difference the LRU cache makes "
-               "(its hit rate times what a miss costs on that machine's link); the fixed cost per layer step is the "
-               "paper's runtime (HQQ dequantisation, Python dispatch) and is the bulk of either figure.")
+               "(its hit rate times what a miss costs on that machine's link); the fixed cost per layer step, the bulk of "
+               "either figure, is what the roofline lacks of the paper's runtime (presumably HQQ dequantisation in "
+               "PyTorch and Python dispatch).")
     for gpu, profile, k, lru, nocache, extra in (
             ("A100-80GB-SXM", "a100_80g_sxm4", 4, 2.918, 2.265, ""),
             ("RTX 3080 Mobile 16 GB", "rtx3080_mobile_pcie4", 4, 2.227, 1.758, "The laptop's host is not named. "),
@@ -173,7 +174,7 @@ def _anchors() -> list[Anchor]:
          "cache": "demo: offload_per_layer=4 of 8, per-layer LRU; the released code has no speculative prefetch"},
         "Far under, even with the fixed cost per layer step that the paper's own Table 2 rows imply on four other "
         "machines: MoE-Infinity's table does not say which quantisation, offload_per_layer or lengths it ran, and "
-        "1.752 s a token is 3-5x slower than the paper's own figures on weaker GPUs (0.34-0.86 s a token), so the "
+        "1.752 s a token is 2-5x slower than the paper's own figures on its four machines (0.34-0.86 s a token), so the "
         "run it measured differs from the demo's settings in a way the sources do not tell."))
     kt = "kvcache-ai/ktransformers doc/en/DeepseekR1_V3_tutorial.md (commit 034a116), V0.2 table, 8 experts, 500-token prompt"
     for sockets, published in ((1, 8.73), (2, 12.208)):

@@ -156,22 +156,25 @@ class Calibration:
     last_fetched_expert_s: float = 0.0
     """Mean time of the FFN of a step's last read (the same run); 0: not measured."""
 
+    def _slower_than_resident(self, seconds: float) -> float:
+        """How much longer an expert FFN of `seconds` takes than the in-loop `expert_s` of a resident one (0 where
+        not measured or not slower)."""
+        return max(0.0, seconds / self.expert_s - 1.0) if seconds else 0.0
+
     @property
     def transfer_slowdown(self) -> float:
-        """`gpu.transfer_slowdown`: how much longer an expert FFN takes with the step's reads in flight than the
-        in-loop `expert_s` with none (0 where not measured or not slower)."""
-        return max(0.0, self.in_flight_expert_s / self.expert_s - 1.0) if self.in_flight_expert_s else 0.0
+        """`gpu.transfer_slowdown`: an expert FFN with the step's reads in flight against one with none."""
+        return self._slower_than_resident(self.in_flight_expert_s)
 
     @property
     def fetched_slowdown(self) -> float:
-        """`gpu.fetched_slowdown`: how much longer an expert FFN computed as its read lands takes than the in-loop
-        `expert_s` of a resident one (0 where not measured or not slower)."""
-        return max(0.0, self.fetched_expert_s / self.expert_s - 1.0) if self.fetched_expert_s else 0.0
+        """`gpu.fetched_slowdown`: an expert FFN computed as its read lands (not its step's last)."""
+        return self._slower_than_resident(self.fetched_expert_s)
 
     @property
     def last_fetch_slowdown(self) -> float:
-        """`gpu.last_fetch_slowdown`: the same for the expert of a step's last read."""
-        return max(0.0, self.last_fetched_expert_s / self.expert_s - 1.0) if self.last_fetched_expert_s else 0.0
+        """`gpu.last_fetch_slowdown`: the expert FFN of a step's last read."""
+        return self._slower_than_resident(self.last_fetched_expert_s)
 
     def sharing(self, nbytes: int, top_k: int) -> tuple[str, float]:
         """The wire model nearer the measured first arrival, and a serial wire's (`storage_bench.nearer_wire`)."""
@@ -302,9 +305,7 @@ class MachineProbe:
             *mean_and_spread(self.taken["expert"]),
             *mean_and_spread(self.taken["issue"]),
             float(np.mean(self.taken["first"])),
-            float(np.mean(self.taken["in_flight"])) if self.taken["in_flight"] else 0.0,
-            float(np.mean(self.taken["fetched"])) if self.taken["fetched"] else 0.0,
-            float(np.mean(self.taken["last_fetched"])) if self.taken["last_fetched"] else 0.0,
+            *(float(np.mean(self.taken[k])) if self.taken[k] else 0.0 for k in ("in_flight", "fetched", "last_fetched")),
         )
         self.taken = {k: [] for k in self.taken}
         return cal
