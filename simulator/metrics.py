@@ -66,6 +66,8 @@ class Metrics:
     compute_time_s: float = 0.0
     stall_time_s: float = 0.0
     total_time_s: float = 0.0
+    idle_time_s: float = 0.0
+    """Time nothing ran because no request had arrived (batched serving with arrivals); part of the total."""
     bytes_h2d: int = 0
     bytes_demand: int = 0
     transfers_h2d: int = 0
@@ -125,6 +127,7 @@ class Metrics:
             "total_time_s": t(self.total_time_s),
             "compute_time_s": t(self.compute_time_s),
             "stall_time_s": t(self.stall_time_s),
+            "idle_time_s": t(self.idle_time_s),
             "stall_fraction": t(self.stall_time_s / self.total_time_s if self.total_time_s else 0.0),
             "time_per_token_s": t(self.total_time_s / self.tokens if self.tokens else 0.0),
             "bytes_h2d": self.bytes_h2d,

@@ -243,7 +243,9 @@ class _Server:
             if not work:
                 if state.running or (state.waiting and not pending):
                     raise RuntimeError(f"scheduler {_name(self.scheduler)} formed an empty iteration with requests to run")
-                run.now = max(run.now, pending[0].arrival_s)
+                if pending[0].arrival_s > run.now:
+                    run.metrics.idle_time_s += pending[0].arrival_s - run.now
+                    run.now = pending[0].arrival_s
                 yield run.now
                 continue
             self._check(work)

@@ -183,6 +183,9 @@ def test_poisson_batch_one_busy_time_is_offline_total(rate):
         busy += finish - max(arrival, previous)
         previous = finish
     assert busy == pytest.approx(offline.total_time_s, rel=1e-9)
+    # the rest of the makespan is the wait for arrivals, which the metrics report apart
+    assert m.idle_time_s == pytest.approx(m.total_time_s - busy, rel=1e-9, abs=1e-12) and offline.idle_time_s == 0.0
+    assert m.total_time_s == pytest.approx(m.compute_time_s + m.stall_time_s + m.idle_time_s, rel=1e-12)
     assert (m.hits, m.accesses, m.bytes_h2d) == (offline.hits, offline.accesses, offline.bytes_h2d)
     for _, arrival, first, finish, _, _, queued in m.requests:
         assert arrival <= first <= finish and queued >= 0
@@ -427,6 +430,8 @@ def test_poisson_batch_one_busy_time_property(case, rate):
         busy += finish - max(arrival, previous)
         previous = finish
     assert busy == pytest.approx(offline.total_time_s, rel=1e-9)
+    assert m.idle_time_s == pytest.approx(m.total_time_s - busy, rel=1e-9, abs=1e-12)
+    assert m.total_time_s == pytest.approx(m.compute_time_s + m.stall_time_s + m.idle_time_s, rel=1e-12)
     assert (m.hits, m.accesses, m.bytes_h2d, m.expert_loads) == (offline.hits, offline.accesses, offline.bytes_h2d,
                                                                   offline.expert_loads)
 
